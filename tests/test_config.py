@@ -1,0 +1,51 @@
+"""The configuration object: presets, validation and the JSON round trip."""
+
+import pytest
+
+from hw.config import PRESETS, EmberConfig, get_preset
+
+
+def test_presets():
+    assert {"tiny", "default", "mtia"} <= set(PRESETS)
+    assert (get_preset("default").pe_rows, get_preset("default").pe_cols) == (8, 8)
+    assert get_preset("mtia").macs_per_cycle == 65536
+    assert not get_preset("mtia").simulate
+    for name, cfg in PRESETS.items():
+        assert cfg.name == name
+        assert cfg.top_name == f"ember_{name}" and "__" not in cfg.top_name
+
+
+def test_json_round_trip():
+    for cfg in PRESETS.values():
+        assert EmberConfig.from_json(cfg.to_json()) == cfg
+
+
+def test_frozen():
+    with pytest.raises(AttributeError):
+        get_preset("tiny").pe_rows = 4
+
+
+@pytest.mark.parametrize("field, value, exc", [
+    ("pe_rows", 0, ValueError),
+    ("pe_cols", -1, ValueError),
+    ("pe_lanes", 0, ValueError),
+    ("pe_lanes", 4097, ValueError),
+    ("pe_rows", 2.0, TypeError),
+    ("pe_rows", True, TypeError),
+    ("name", "Bad__Name", ValueError),
+    ("name", "a__b", ValueError),
+    ("simulate", "yes", TypeError),
+])
+def test_validation_names_the_field(field, value, exc):
+    with pytest.raises(exc, match=field):
+        get_preset("tiny").replace(**{field: value})
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="'nope'.*choose one of"):
+        get_preset("nope")
+
+
+def test_from_json_rejects_unknown_fields():
+    with pytest.raises(ValueError, match="unknown configuration fields"):
+        EmberConfig.from_json('{"name": "x", "pe_rows": 1, "pe_cols": 1, "pe_lanes": 1, "q": 1}')
