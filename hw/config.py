@@ -23,6 +23,12 @@ def _check_int(name, value, *, minimum, maximum=None):
         raise ValueError(f"{name} must be {bound}, not {value!r}")
 
 
+def _check_pow2(name, value, *, minimum, maximum):
+    _check_int(name, value, minimum=minimum, maximum=maximum)
+    if value & (value - 1):
+        raise ValueError(f"{name} must be a power of two, not {value!r}")
+
+
 @dataclass(frozen=True)
 class EmberConfig:
     """Parameters of one Ember instance.
@@ -38,6 +44,23 @@ class EmberConfig:
         Columns C of the PE array: output-tile width (columns of B per tile).
     pe_lanes : int
         Lanes L of each PE's INT8 dot-product unit: reduction elements consumed per step.
+    bus_bytes : int
+        Data width of the DMA's AXI4 master in bytes (8 to 64, i.e. 64 to 512 bits; a power of
+        two). The scratchpad word is the same width.
+    sram_banks : int
+        Number of scratchpad banks (a power of two, at least 2).
+    sram_depth : int
+        Words per bank (a power of two, at least 16).
+    axi_id_width : int
+        AXI ID width of the DMA master (1 to 16).
+    axi_addr_width : int
+        AXI address width (32 to 64).
+    dma_outstanding : int
+        Outstanding AXI transactions allowed per direction (reads and writes separately; a power of
+        two, at least 1).
+    dma_max_burst : int
+        Longest AXI INCR burst the DMA issues, in beats (1 to 256, a power of two). Bursts are also
+        split at every 4 KB boundary.
     simulate : bool
         Whether the preset may be simulated. ``mtia`` is elaboration-only.
 
@@ -47,12 +70,21 @@ class EmberConfig:
         Peak INT8 multiply-accumulates per cycle, R·C·L.
     top_name : str
         Verilog top-module name of this preset.
+    sram_bytes : int
+        Scratchpad capacity in bytes, ``sram_banks · sram_depth · bus_bytes``.
     """
 
     name: str
     pe_rows: int
     pe_cols: int
     pe_lanes: int
+    bus_bytes: int = 8
+    sram_banks: int = 8
+    sram_depth: int = 256
+    axi_id_width: int = 4
+    axi_addr_width: int = 32
+    dma_outstanding: int = 8
+    dma_max_burst: int = 256
     simulate: bool = True
 
     def __post_init__(self):
@@ -64,12 +96,23 @@ class EmberConfig:
         _check_int("pe_rows", self.pe_rows, minimum=1, maximum=256)
         _check_int("pe_cols", self.pe_cols, minimum=1, maximum=256)
         _check_int("pe_lanes", self.pe_lanes, minimum=1, maximum=4096)
+        _check_pow2("bus_bytes", self.bus_bytes, minimum=8, maximum=64)
+        _check_pow2("sram_banks", self.sram_banks, minimum=2, maximum=256)
+        _check_pow2("sram_depth", self.sram_depth, minimum=16, maximum=1 << 20)
+        _check_int("axi_id_width", self.axi_id_width, minimum=1, maximum=16)
+        _check_int("axi_addr_width", self.axi_addr_width, minimum=32, maximum=64)
+        _check_pow2("dma_outstanding", self.dma_outstanding, minimum=1, maximum=256)
+        _check_pow2("dma_max_burst", self.dma_max_burst, minimum=1, maximum=256)
         if not isinstance(self.simulate, bool):
             raise TypeError(f"simulate must be a bool, not {self.simulate!r}")
 
     @property
     def macs_per_cycle(self):
         return self.pe_rows * self.pe_cols * self.pe_lanes
+
+    @property
+    def sram_bytes(self):
+        return self.sram_banks * self.sram_depth * self.bus_bytes
 
     @property
     def top_name(self):
@@ -96,11 +139,20 @@ class EmberConfig:
 
 PRESETS = {
     # CI-sized: 2×2 PEs of 4 lanes, 16 MACs/cycle. Small enough for fast Verilator builds.
-    "tiny": EmberConfig(name="tiny", pe_rows=2, pe_cols=2, pe_lanes=4),
+    # 64-bit AXI, 8 banks × 256 words × 8 B = 16 KB of scratchpad.
+    "tiny": EmberConfig(name="tiny", pe_rows=2, pe_cols=2, pe_lanes=4,
+                        bus_bytes=8, sram_banks=8, sram_depth=256,
+                        axi_id_width=4, dma_outstanding=8, dma_max_burst=256),
     # MTIA's 8×8 PE grid, 8 lanes per PE: 512 MACs/cycle.
-    "default": EmberConfig(name="default", pe_rows=8, pe_cols=8, pe_lanes=8),
+    # 512-bit AXI, 8 banks × 256 words × 64 B = 128 KB (MTIA v1's local memory per PE).
+    "default": EmberConfig(name="default", pe_rows=8, pe_cols=8, pe_lanes=8,
+                           bus_bytes=64, sram_banks=8, sram_depth=256,
+                           axi_id_width=6, dma_outstanding=16, dma_max_burst=256),
     # MTIA v1 scale: 8×8 PEs of 1024 INT8 lanes each, 65,536 MACs/cycle. Elaboration only.
-    "mtia": EmberConfig(name="mtia", pe_rows=8, pe_cols=8, pe_lanes=1024, simulate=False),
+    "mtia": EmberConfig(name="mtia", pe_rows=8, pe_cols=8, pe_lanes=1024,
+                        bus_bytes=64, sram_banks=16, sram_depth=2048,
+                        axi_id_width=8, dma_outstanding=32, dma_max_burst=256,
+                        simulate=False),
 }
 
 

@@ -1,0 +1,176 @@
+"""The scratchpad: N single-ported SRAM banks shared by several clients.
+
+Address map
+-----------
+Clients address the scratchpad in words of ``data_bytes`` bytes (the DMA bus width). Banks are
+*block-partitioned*, not interleaved::
+
+    word = byte_address // data_bytes
+    bank = word // depth            (the high bits)
+    row  = word %  depth            (the low bits)
+
+so bank ``b`` holds the bytes ``[b·depth·data_bytes, (b+1)·depth·data_bytes)``. Software decides
+which bank each buffer lives in, and places buffers that are used in the same cycles (operands
+being computed on, operands being loaded, results being written, results being stored) in
+different banks. The GEMM ping-pong layout (README, "Scratchpad") uses six banks that way, and is
+then free of conflicts by construction; interleaving would instead spread every stream over every
+bank and make conflicts a matter of chance.
+
+Arbitration
+-----------
+Each bank does one access (a read or a byte-masked write) per cycle, like an FPGA block RAM port.
+Clients that want the same bank in the same cycle are served round-robin: the bank's pointer moves
+past the client it granted, so every waiting client is served within ``ports`` cycles
+(starvation-free). A request is granted in the cycle it is presented (``req.ready`` is the grant).
+
+Read latency
+------------
+Exactly :data:`Scratchpad.READ_LATENCY` = 2 cycles: a read granted in cycle t has its data on the
+client's ``rsp`` in cycle t+2 (one cycle in the block RAM, one in the output register of the
+crossbar). Responses come back in request order and cannot be refused, so a client issues a read
+only when it can take the data.
+"""
+
+from amaranth.hdl import Module, Mux, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["sram_port_signature", "Scratchpad"]
+
+
+def _log2(value, name):
+    if value < 1 or value & (value - 1):
+        raise ValueError(f"{name} must be a power of two, not {value!r}")
+    return value.bit_length() - 1
+
+
+def sram_port_signature(*, addr_width, data_bytes):
+    """Signature of a scratchpad client port, from the client's side.
+
+    Members
+    -------
+    req : Out(stream.Signature(StructLayout(addr, we, wdata, wmask)))
+        One access: ``addr`` is a word address, ``we`` selects a write of ``wdata`` under the byte
+        mask ``wmask`` (bit i enables byte i). ``ready`` is the grant.
+    rsp : In(Signature(valid, data))
+        Read data: ``rsp.valid`` is high with ``rsp.data`` exactly
+        :data:`Scratchpad.READ_LATENCY` cycles after each granted read. It cannot be refused.
+    """
+    return wiring.Signature({
+        "req": Out(stream.Signature(data.StructLayout({
+            "addr": addr_width,
+            "we": 1,
+            "wdata": 8 * data_bytes,
+            "wmask": data_bytes,
+        }))),
+        "rsp": In(wiring.Signature({"valid": Out(1), "data": Out(8 * data_bytes)})),
+    })
+
+
+class Scratchpad(wiring.Component):
+    """Block-partitioned, round-robin arbitrated multi-bank scratchpad.
+
+    Parameters
+    ----------
+    banks : int
+        Number of banks (a power of two).
+    depth : int
+        Words per bank (a power of two).
+    data_bytes : int
+        Word width in bytes.
+    ports : int
+        Number of client ports.
+
+    Members
+    -------
+    ports : In(sram_port_signature(...)).array(ports)
+        Client ports; lower indices have no priority over higher ones.
+    """
+
+    READ_LATENCY = 2
+
+    def __init__(self, *, banks, depth, data_bytes, ports):
+        for name, value in (("banks", banks), ("depth", depth), ("data_bytes", data_bytes),
+                            ("ports", ports)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an integer, not {value!r}")
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, not {value!r}")
+        self.bank_bits = _log2(banks, "banks")
+        self.row_bits = _log2(depth, "depth")
+        self.banks, self.depth, self.data_bytes, self.nports = banks, depth, data_bytes, ports
+        self.addr_width = max(self.bank_bits + self.row_bits, 1)
+        self.port_signature = sram_port_signature(addr_width=self.addr_width,
+                                                  data_bytes=data_bytes)
+        super().__init__({"ports": In(self.port_signature).array(ports)})
+
+    def elaborate(self, platform):
+        m = Module()
+        P, B = self.nports, self.banks
+        ports = self.ports
+
+        def bank_of(port):
+            if self.bank_bits == 0:
+                return 0
+            return port.req.payload.addr[self.row_bits:self.row_bits + self.bank_bits]
+
+        # Response path registers: which port each bank's read (issued last cycle) belongs to.
+        pend_valid = [Signal(name=f"pend_valid_{b}") for b in range(B)]
+        pend_port = [Signal(range(P), name=f"pend_port_{b}") for b in range(B)]
+        rdata = []
+
+        for b in range(B):
+            mem = Memory(shape=8 * self.data_bytes, depth=self.depth, init=[])
+            m.submodules[f"bank{b}"] = mem
+            rd = mem.read_port(transparent_for=())
+            wr = mem.write_port(granularity=8)
+            rdata.append(rd.data)
+
+            # Round-robin arbiter: grant the first requester at or after the pointer.
+            want = Signal(P, name=f"want_{b}")
+            for i, port in enumerate(ports):
+                m.d.comb += want[i].eq(port.req.valid & (bank_of(port) == b))
+            pointer = Signal(range(P), name=f"rr_{b}")
+            grant = Signal(P, name=f"grant_{b}")
+            granted = Signal(range(P), name=f"granted_{b}")
+            with m.Switch(pointer):
+                for start in range(P):
+                    with m.Case(start):
+                        order = [(start + k) % P for k in range(P)]
+                        for idx in reversed(order):  # last assignment wins: first in order
+                            with m.If(want[idx]):
+                                m.d.comb += [grant.eq(1 << idx), granted.eq(idx)]
+            with m.If(want.any()):
+                m.d.sync += pointer.eq(Mux(granted == P - 1, 0, granted + 1))
+
+            # The granted request drives the bank.
+            sel = Signal.like(ports[0].req.payload, name=f"sel_{b}")
+            for i, port in enumerate(ports):
+                with m.If(grant[i]):
+                    m.d.comb += sel.eq(port.req.payload)
+            row = sel.addr[:self.row_bits] if self.row_bits else 0
+            m.d.comb += [
+                rd.addr.eq(row),
+                rd.en.eq(grant.any() & ~sel.we),
+                wr.addr.eq(row),
+                wr.data.eq(sel.wdata),
+            ]
+            with m.If(grant.any() & sel.we):
+                m.d.comb += wr.en.eq(sel.wmask)
+            m.d.sync += [pend_valid[b].eq(grant.any() & ~sel.we), pend_port[b].eq(granted)]
+
+            for i, port in enumerate(ports):
+                with m.If(grant[i]):
+                    m.d.comb += port.req.ready.eq(1)
+
+        # Crossbar back to the ports, registered: data reach the client at t+2.
+        for i, port in enumerate(ports):
+            valid_next = Signal(name=f"rsp_valid_next_{i}")
+            data_next = Signal(8 * self.data_bytes, name=f"rsp_data_next_{i}")
+            for b in range(B):
+                with m.If(pend_valid[b] & (pend_port[b] == i)):
+                    m.d.comb += [valid_next.eq(1), data_next.eq(rdata[b])]
+            m.d.sync += [port.rsp.valid.eq(valid_next), port.rsp.data.eq(data_next)]
+
+        return m
