@@ -135,8 +135,9 @@ class Scratchpad(wiring.Component):
             grant = Signal(P, name=f"grant_{b}")
             granted = Signal(range(P), name=f"granted_{b}")
             with m.Switch(pointer):
-                for start in range(P):
-                    with m.Case(start):
+                # Pointer 0 is the default arm, so the switch is full for any port count.
+                for start in [*range(1, P), 0]:
+                    with (m.Case(start) if start else m.Default()):
                         order = [(start + k) % P for k in range(P)]
                         for idx in reversed(order):  # last assignment wins: first in order
                             with m.If(want[idx]):

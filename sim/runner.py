@@ -164,18 +164,26 @@ def run_cocotb(build_dir, name, test_module, *, config, testcase=None, extra_env
     if test_dir.exists():
         shutil.rmtree(test_dir)
     runner = get_runner("verilator")
-    runner.test(
-        test_module=test_module,
-        hdl_toplevel=name,
-        hdl_toplevel_lang="verilog",
-        build_dir=build_dir,
-        test_dir=test_dir,
-        test_filter=None if testcase is None else rf"\.{re.escape(testcase)}(/.*)?$",
-        extra_env=env,
-        waves=_waves(),
-        timescale=("1ns", "1ps"),
-    )
-    _check_results(test_dir)
+    log = test_dir / "sim.log"
+    try:
+        runner.test(
+            test_module=test_module,
+            hdl_toplevel=name,
+            hdl_toplevel_lang="verilog",
+            build_dir=build_dir,
+            test_dir=test_dir,
+            test_filter=None if testcase is None else rf"\.{re.escape(testcase)}(/.*)?$",
+            extra_env=env,
+            waves=_waves(),
+            timescale=("1ns", "1ps"),
+            log_file=log,
+        )
+        _check_results(test_dir)
+    except (AssertionError, SystemExit) as e:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-80:]) \
+            if log.exists() else "(no log)"
+        raise AssertionError(f"cocotb run failed ({e!r}); log: {log}\n{tail}") from None
+    print(log.read_text(errors="replace"))
     return test_dir
 
 
