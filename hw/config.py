@@ -148,8 +148,10 @@ PRESETS = {
     "default": EmberConfig(name="default", pe_rows=8, pe_cols=8, pe_lanes=8,
                            bus_bytes=64, sram_banks=8, sram_depth=256,
                            axi_id_width=6, dma_outstanding=16, dma_max_burst=256),
-    # MTIA v1 scale: 8×8 PEs of 1024 INT8 lanes each, 65,536 MACs/cycle. Elaboration only.
-    "mtia": EmberConfig(name="mtia", pe_rows=8, pe_cols=8, pe_lanes=1024,
+    # MTIA v1 scale: 65,536 MACs/cycle as 32×32 PEs of 64 lanes. Elaboration only. (MTIA's own
+    # 8×8×1024 split does not elaborate: its 65,537-bit A-operand port exceeds the 65,536 bits
+    # that Amaranth's netlist allows a single port; see README.)
+    "mtia": EmberConfig(name="mtia", pe_rows=32, pe_cols=32, pe_lanes=64,
                         bus_bytes=64, sram_banks=16, sram_depth=2048,
                         axi_id_width=8, dma_outstanding=32, dma_max_burst=256,
                         simulate=False),
