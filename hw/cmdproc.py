@@ -1,0 +1,259 @@
+"""The command processor: one queue per engine, semaphore dependencies, completion and errors.
+
+Commands
+--------
+A command is :data:`CMD_WORDS` 32-bit words (:data:`cmd_layout`). Words 0 and 1 are the header:
+
+======  =====================================================================
+bits    field
+======  =====================================================================
+5:0     ``opcode``: which engine queue takes it (see ``opcodes`` below)
+10:6    ``wait``: semaphore to wait on and decrement before issue (31 = none)
+15:11   ``signal``: semaphore to increment when the engine completes it (31 = none)
+31:16   ``id``: command id, reported with completions and errors
+======  =====================================================================
+
+Word 1 holds a second pair, ``wait2`` (bits 4:0) and ``signal2`` (bits 9:5), 31 = none; the rest
+of word 1 is reserved. Words 2 to 7 are the engine's arguments, passed through unchanged.
+
+Dependencies work like MTIA's command processor and VTA's dependency-token queues. There are
+:data:`N_SEMS` counting semaphores. A queue issues its head command only when each of its wait
+semaphores is non-zero, and takes one count from each at that moment. When the engine reports
+completion, each of its signal semaphores gains one count. Two waits let a compute command wait
+for its operands *and* for its output buffer to be stored, as VTA's compute waits on both load and
+store tokens. A semaphore gives at most one count per cycle, to the lowest-numbered queue waiting
+on it; semaphores are meant for producer/consumer pairs, not for queues competing for a count. Firmware sets initial
+counts (e.g. the number of free ping-pong buffers) through ``sem_write``. So the load of tile
+i+1, the compute of tile i and the store of tile i-1 run at once, each waiting only on what it
+needs.
+
+Errors (sticky until ``clear``)
+-------------------------------
+The first error wins and is held with the failing command's id and its queue; from then on no
+queue issues anything (engines finish what they already have) and ``irq`` is high.
+
+======  =====================================================================
+code    cause
+======  =====================================================================
+0x01    illegal opcode (no queue has it)
+0x02    malformed header (semaphore index out of range, or ``wait == wait2``)
+0x03    queue overflow (push into a full queue; the command is dropped)
+0x10+e  engine error ``e`` reported by the engine's completion
+======  =====================================================================
+
+``clear`` (the soft reset) empties every queue, forgets in-flight bookkeeping, zeroes the
+semaphores, counters and error. Engines must be reset alongside.
+"""
+
+from amaranth.hdl import Cat, Module, ResetInserter, Signal
+from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["CMD_WORDS", "N_SEMS", "SEM_NONE", "cmd_layout", "header_layout", "done_layout",
+           "CommandProcessor", "ERR_OPCODE", "ERR_MALFORMED", "ERR_OVERFLOW", "ERR_ENGINE"]
+
+CMD_WORDS = 8
+N_SEMS = 16
+SEM_NONE = 31
+
+ERR_OPCODE = 0x01
+ERR_MALFORMED = 0x02
+ERR_OVERFLOW = 0x03
+ERR_ENGINE = 0x10
+
+header_layout = data.StructLayout({"opcode": 6, "wait": 5, "signal": 5, "id": 16,
+                                   "wait2": 5, "signal2": 5, "reserved": 22})
+cmd_layout = data.StructLayout({
+    "header": header_layout,
+    "args": data.ArrayLayout(32, CMD_WORDS - 2),
+})
+done_layout = data.StructLayout({"tag": 16, "error": 4})
+
+
+class CommandProcessor(wiring.Component):
+    """Per-engine command queues with semaphore dependencies.
+
+    Parameters
+    ----------
+    opcodes : sequence of int
+        Opcode of each queue, in queue order (queue q takes commands with ``opcodes[q]``).
+    depth : int
+        Commands each queue holds.
+    inflight : int
+        Commands an engine may hold between issue and completion.
+
+    Members
+    -------
+    push : In(stream.Signature(cmd_layout))
+        Commands from firmware or host. Always ready; a push into a full queue is an error.
+    engines : Out(Signature(cmd, done)).array(len(opcodes))
+        ``cmd`` carries issued commands to engine q; ``done`` returns ``{tag, error}`` per
+        command, in issue order.
+    sem_write : In(Signature(valid, index, value))
+        Sets a semaphore's count.
+    clear : In(1)
+        Soft reset of all queue state and errors.
+    sems : Out(ArrayLayout(8, N_SEMS))
+        Semaphore counts.
+    completed : Out(ArrayLayout(32, queues))
+        Commands completed per queue.
+    pending : Out(ArrayLayout(8, queues))
+        Commands queued or in flight per queue.
+    busy, waiting : Out(queues)
+        Per queue: an engine holds a command / the head waits on a semaphore (for counters).
+    error, error_id, error_queue : Out
+        Sticky error code (0 = none), id of the faulting command and its queue.
+    irq : Out(1)
+        High while an error is held.
+    """
+
+    def __init__(self, *, opcodes, depth=8, inflight=4):
+        opcodes = tuple(opcodes)
+        if not opcodes or not all(isinstance(o, int) and 0 < o < 64 for o in opcodes):
+            raise ValueError(f"opcodes must be a non-empty sequence of ints in [1, 63], "
+                             f"not {opcodes!r}")
+        if len(set(opcodes)) != len(opcodes):
+            raise ValueError(f"opcodes must be distinct, not {opcodes!r}")
+        for name, value in (("depth", depth), ("inflight", inflight)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        self.opcodes, self.depth, self.inflight = opcodes, depth, inflight
+        nq = len(opcodes)
+        engine = wiring.Signature({
+            "cmd": Out(stream.Signature(cmd_layout)),
+            "done": In(stream.Signature(done_layout)),
+        })
+        super().__init__({
+            "push": In(stream.Signature(cmd_layout)),
+            "engines": Out(engine).array(nq),
+            "sem_write": In(wiring.Signature({"valid": Out(1), "index": Out(4),
+                                              "value": Out(8)})),
+            "clear": In(1),
+            "sems": Out(data.ArrayLayout(8, N_SEMS)),
+            "completed": Out(data.ArrayLayout(32, nq)),
+            "pending": Out(data.ArrayLayout(8, nq)),
+            "busy": Out(nq),
+            "waiting": Out(nq),
+            "error": Out(8),
+            "error_id": Out(16),
+            "error_queue": Out(4),
+            "irq": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        nq = len(self.opcodes)
+        sems = self.sems
+        halt = self.error != 0
+
+        # Error capture: the first error wins.
+        new_err = Signal(8)
+        new_err_id = Signal(16)
+        new_err_q = Signal(4)
+
+        # Push: route by opcode, check the header, detect overflow.
+        head = self.push.payload.header
+        m.d.comb += self.push.ready.eq(1)
+        pushed = self.push.valid
+        bad_sem = Cat((sem >= N_SEMS) & (sem != SEM_NONE)
+                      for sem in (head.wait, head.signal, head.wait2, head.signal2)).any() | \
+            ((head.wait == head.wait2) & (head.wait != SEM_NONE))
+        known = Cat(head.opcode == opcode for opcode in self.opcodes).any()
+
+        inc = [[Signal(2, name=f"inc_q{q}_s{s}") for s in range(N_SEMS)] for q in range(nq)]
+        dec = [[Signal(name=f"dec_q{q}_s{s}") for s in range(N_SEMS)] for q in range(nq)]
+
+        for q, opcode in enumerate(self.opcodes):
+            eng = self.engines[q]
+            queue = fifo.SyncFIFOBuffered(width=cmd_layout.size, depth=self.depth)
+            track = fifo.SyncFIFOBuffered(width=5 + 5 + 16, depth=max(self.inflight, 2))
+            m.submodules[f"queue{q}"] = queue
+            m.submodules[f"track{q}"] = track
+            mine = pushed & (head.opcode == opcode)
+            with m.If(mine & ~bad_sem):
+                with m.If(queue.w_rdy):
+                    m.d.comb += queue.w_en.eq(1)
+                with m.Else():
+                    m.d.comb += [new_err.eq(ERR_OVERFLOW), new_err_id.eq(head.id),
+                                 new_err_q.eq(q)]
+            m.d.comb += queue.w_data.eq(self.push.payload)
+
+            # Gate: the head leaves the queue into the issue register once its semaphore allows;
+            # the count is taken at that moment, so `cmd.valid` never drops before `ready`.
+            cmd_reg = Signal(cmd_layout, name=f"issue_{q}")
+            cmd_full = Signal(name=f"issue_full_{q}")
+            qhead = Signal(cmd_layout, name=f"head_{q}")
+            m.d.comb += qhead.eq(queue.r_data)
+            waits = (qhead.header.wait, qhead.header.wait2)
+            # A semaphore gives at most one count per cycle, to the lowest-numbered queue that
+            # wants it, so two queues can never both take the last count.
+            sem_ok = Signal(name=f"sem_ok_{q}")
+            oks = []
+            for w, wait in enumerate(waits):
+                ok = Signal(name=f"sem_ok_{q}_{w}")
+                with m.If(wait == SEM_NONE):
+                    m.d.comb += ok.eq(1)
+                with m.Else():
+                    for s in range(N_SEMS):
+                        free = (wait == s) & (sems[s] != 0)
+                        if q:
+                            free &= ~Cat(dec[p][s] for p in range(q)).any()
+                        with m.If(free):
+                            m.d.comb += ok.eq(1)
+                oks.append(ok)
+            m.d.comb += sem_ok.eq(oks[0] & oks[1])
+            issue_free = ~cmd_full | (eng.cmd.ready & cmd_full)
+            take = queue.r_rdy & sem_ok & ~halt & issue_free & track.w_rdy
+            m.d.comb += [
+                queue.r_en.eq(take),
+                self.waiting[q].eq(queue.r_rdy & ~sem_ok & ~halt),
+                eng.cmd.valid.eq(cmd_full),
+                eng.cmd.payload.eq(cmd_reg),
+                track.w_en.eq(take),
+                track.w_data.eq(Cat(qhead.header.signal, qhead.header.signal2, qhead.header.id)),
+            ]
+            for s in range(N_SEMS):
+                m.d.comb += dec[q][s].eq(take & ((waits[0] == s) | (waits[1] == s)))
+            with m.If(eng.cmd.ready & cmd_full):
+                m.d.sync += cmd_full.eq(0)
+            with m.If(take):
+                m.d.sync += [cmd_reg.eq(qhead), cmd_full.eq(1)]
+
+            # Completion: in issue order; signal the semaphore, count, capture engine errors.
+            signal, signal2, cid = track.r_data[:5], track.r_data[5:10], track.r_data[10:]
+            m.d.comb += eng.done.ready.eq(track.r_rdy)
+            completes = eng.done.valid & track.r_rdy
+            m.d.comb += track.r_en.eq(completes)
+            for s in range(N_SEMS):
+                m.d.comb += inc[q][s].eq(completes & (signal == s)
+                                         + (completes & (signal2 == s)))
+            with m.If(completes):
+                m.d.sync += self.completed[q].eq(self.completed[q] + 1)
+                with m.If(eng.done.payload.error != 0):
+                    m.d.comb += [new_err.eq(ERR_ENGINE | eng.done.payload.error),
+                                 new_err_id.eq(cid), new_err_q.eq(q)]
+            m.d.comb += [
+                self.busy[q].eq(track.r_rdy),
+                self.pending[q].eq(queue.level + track.level),
+            ]
+
+        with m.If(pushed & ~known):
+            m.d.comb += [new_err.eq(ERR_OPCODE), new_err_id.eq(head.id), new_err_q.eq(0)]
+        with m.Elif(pushed & bad_sem):
+            m.d.comb += [new_err.eq(ERR_MALFORMED), new_err_id.eq(head.id), new_err_q.eq(0)]
+
+        # Semaphores: every queue's takes and completions in one update per cycle.
+        for s in range(N_SEMS):
+            up = sum(inc[q][s] for q in range(nq))
+            down = sum(dec[q][s] for q in range(nq))
+            m.d.sync += sems[s].eq(sems[s] + up - down)
+            with m.If(self.sem_write.valid & (self.sem_write.index == s)):
+                m.d.sync += sems[s].eq(self.sem_write.value)
+
+        with m.If((self.error == 0) & (new_err != 0)):
+            m.d.sync += [self.error.eq(new_err), self.error_id.eq(new_err_id),
+                         self.error_queue.eq(new_err_q)]
+        m.d.comb += self.irq.eq(halt)
+
+        # Soft reset: a synchronous reset of this whole block, FIFOs included.
+        return ResetInserter(self.clear)(m)
