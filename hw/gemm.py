@@ -2,7 +2,9 @@
 
 One command computes a block of ``m_tiles × n_tiles`` output tiles (each R×C) with a reduction of
 ``steps`` array steps (K = steps·L, zero-padded by software). Operands are read from the
-scratchpad in Ember's packed layout, and raw INT32 result rows are written back.
+scratchpad in Ember's packed layout; result rows pass through the output stage
+(``hw/requant.py``: per-channel bias and TFLite requantisation to INT8, or raw INT32 + bias) and
+are written back.
 
 Packed layout (one scratchpad word per array step and operand)
 --------------------------------------------------------------
@@ -10,19 +12,22 @@ Packed layout (one scratchpad word per array step and operand)
   ``A[i·R + r, s·L + l]``.
 - B panel, column-tile j, step s: word ``b_addr + j·steps + s``; byte ``c·L + l`` is
   ``B[s·L + l, j·C + c]``.
+- Output-stage parameters, column-tile j: three words from ``p_addr + 3j``: the bias
+  (INT32 ``bias[jC + c]`` at bytes ``4c..4c+3``), the multiplier (likewise) and the shift (INT8
+  ``shift[jC + c]`` at byte c).
 - Results, in tile order (i outer, j inner) and row order within a tile: word
-  ``c_addr + (i·n_tiles + j)·R + r`` holds ``C[i·R + r, j·C + c]`` as INT32 at bytes ``4c..4c+3``;
-  the rest of the word is left unwritten. A 2D DMA store (row stride = one word) moves these rows
-  straight into a row-major matrix in DRAM.
+  ``c_addr + (i·n_tiles + j)·R + r`` holds row ``i·R + r``, columns ``j·C ..``, as INT32 at bytes
+  ``4c..4c+3`` (raw) or INT8 at byte c (requantised); the rest of the word is not written. A 2D
+  DMA store (row stride = one word) moves these rows straight into a row-major matrix in DRAM.
 
 This needs ``R·L ≤ W``, ``L·C ≤ W`` and ``4·C ≤ W`` for a word of W bytes, so that one read per
 operand feeds one array step and one write stores one result row.
 
 Throughput
 ----------
-The A and B readers each issue one read per cycle while they have credit in their response FIFOs
-(depth 4 covers the scratchpad's 2-cycle latency), so with conflict-free banks the array does one
-step per cycle. The readers accept the next command as soon as they have issued the last read of
+The A and B readers each issue one read per cycle while they have credit in their response FIFOs,
+so with conflict-free banks the array does one step per cycle. The parameter reader fetches three
+words per tile on its own port while the tile computes. The readers accept the next command as soon as they have issued the last read of
 the current one, so consecutive commands follow with no bubble; a small FIFO tells the writer
 where each command's results go.
 
@@ -30,11 +35,12 @@ Errors: a command with ``steps``, ``m_tiles`` or ``n_tiles`` equal to zero does 
 completes with ``error = 1``.
 """
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .pe_array import PEArray
+from .requant import Requant
 from .sram import Scratchpad, sram_port_signature
 
 __all__ = ["GemmEngine", "ERR_MALFORMED"]
@@ -145,12 +151,13 @@ class GemmEngine(wiring.Component):
     Members
     -------
     cmd : In(stream.Signature(cmd_layout))
-        ``a_addr``, ``b_addr``, ``c_addr`` (word addresses), ``steps``, ``m_tiles``, ``n_tiles``,
-        ``tag``.
+        ``a_addr``, ``b_addr``, ``c_addr``, ``p_addr`` (word addresses), ``steps``, ``m_tiles``,
+        ``n_tiles``, ``raw`` (1: INT32 ``acc + bias``; 0: INT8 requantised), ``zero_point``,
+        ``act_min``, ``act_max``, ``tag``.
     done : Out(stream.Signature(done_layout))
         One ``{tag, error}`` per command, after its last result row is written.
-    a_rd, b_rd : Out(sram_port_signature(...))
-        Operand read ports.
+    a_rd, b_rd, p_rd : Out(sram_port_signature(...))
+        Operand and output-parameter read ports.
     c_wr : Out(sram_port_signature(...))
         Result write port.
     busy : Out(1)
@@ -176,7 +183,9 @@ class GemmEngine(wiring.Component):
         self.data_bytes, self.addr_width, self.tag_width = data_bytes, addr_width, tag_width
         self.cmd_layout = data.StructLayout({
             "a_addr": addr_width, "b_addr": addr_width, "c_addr": addr_width,
-            "steps": 16, "m_tiles": 16, "n_tiles": 16, "tag": tag_width,
+            "p_addr": addr_width, "steps": 16, "m_tiles": 16, "n_tiles": 16,
+            "raw": 1, "zero_point": signed(8), "act_min": signed(8), "act_max": signed(8),
+            "tag": tag_width,
         })
         self.done_layout = data.StructLayout({"tag": tag_width, "error": 4})
         port = sram_port_signature(addr_width=addr_width, data_bytes=data_bytes)
@@ -185,6 +194,7 @@ class GemmEngine(wiring.Component):
             "done": Out(stream.Signature(self.done_layout)),
             "a_rd": Out(port),
             "b_rd": Out(port),
+            "p_rd": Out(port),
             "c_wr": Out(port),
             "busy": Out(1),
             "step": Out(1),
@@ -201,22 +211,33 @@ class GemmEngine(wiring.Component):
         wiring.connect(m, wiring.flipped(self.a_rd), ra.rd)
         wiring.connect(m, wiring.flipped(self.b_rd), rb.rd)
 
-        # Per-command bookkeeping for the writer: where results go, how many rows, which tag.
-        job_layout = data.StructLayout({"c_addr": self.addr_width, "rows": 32,
-                                        "tag": self.tag_width, "error": 1})
-        m.submodules.jobs = jobs = fifo.SyncFIFOBuffered(width=job_layout.size, depth=4)
+        m.submodules.p_reader = rp = _Reader(addr_width=self.addr_width, data_bytes=W,
+                                             advance_on="inner")
+        wiring.connect(m, wiring.flipped(self.p_rd), rp.rd)
+        m.submodules.requant = rq = Requant(cols=C)
+
+        # Per-command bookkeeping, read at two points: where rows enter the output stage (the
+        # scalars) and where they are written (address, packing, completion).
+        job_layout = data.StructLayout({
+            "c_addr": self.addr_width, "rows": 32, "tag": self.tag_width, "error": 1,
+            "raw": 1, "zero_point": 8, "act_min": 8, "act_max": 8,
+        })
+        m.submodules.rq_jobs = rq_jobs = fifo.SyncFIFOBuffered(width=job_layout.size, depth=4)
+        m.submodules.wr_jobs = wr_jobs = fifo.SyncFIFOBuffered(width=job_layout.size, depth=4)
 
         cmd = self.cmd.payload
         malformed = (cmd.steps == 0) | (cmd.m_tiles == 0) | (cmd.n_tiles == 0)
         accept = Signal()
+        start = accept & ~malformed
         m.d.comb += [
-            self.cmd.ready.eq(ra.idle & rb.idle & jobs.w_rdy),
+            self.cmd.ready.eq(ra.idle & rb.idle & rp.idle & rq_jobs.w_rdy & wr_jobs.w_rdy),
             accept.eq(self.cmd.valid & self.cmd.ready),
-            ra.base.eq(cmd.a_addr), rb.base.eq(cmd.b_addr),
+            ra.base.eq(cmd.a_addr), rb.base.eq(cmd.b_addr), rp.base.eq(cmd.p_addr),
             ra.outer.eq(cmd.m_tiles), ra.inner.eq(cmd.n_tiles),
             rb.outer.eq(cmd.m_tiles), rb.inner.eq(cmd.n_tiles),
-            ra.steps.eq(cmd.steps), rb.steps.eq(cmd.steps),
-            ra.start.eq(accept & ~malformed), rb.start.eq(accept & ~malformed),
+            rp.outer.eq(cmd.m_tiles), rp.inner.eq(cmd.n_tiles),
+            ra.steps.eq(cmd.steps), rb.steps.eq(cmd.steps), rp.steps.eq(3),
+            ra.start.eq(start), rb.start.eq(start), rp.start.eq(start),
         ]
         job_in = Signal(job_layout)
         m.d.comb += [
@@ -224,8 +245,12 @@ class GemmEngine(wiring.Component):
             job_in.rows.eq(cmd.m_tiles * cmd.n_tiles * R),
             job_in.tag.eq(cmd.tag),
             job_in.error.eq(malformed),
-            jobs.w_data.eq(job_in),
-            jobs.w_en.eq(accept),
+            job_in.raw.eq(cmd.raw),
+            job_in.zero_point.eq(cmd.zero_point),
+            job_in.act_min.eq(cmd.act_min),
+            job_in.act_max.eq(cmd.act_max),
+            rq_jobs.w_data.eq(job_in), rq_jobs.w_en.eq(accept),
+            wr_jobs.w_data.eq(job_in), wr_jobs.w_en.eq(accept),
         ]
 
         # Reader outputs → array. The array joins the two streams itself.
@@ -239,27 +264,78 @@ class GemmEngine(wiring.Component):
             rb.o.ready.eq(array.b.ready),
         ]
 
-        # Writer: one result row per scratchpad word.
-        job = Signal(job_layout)
-        m.d.comb += job.eq(jobs.r_data)
-        row = Signal(32)
+        # Parameter words → one entry per tile: bias, multiplier, shift.
+        prm_layout = data.StructLayout({
+            "bias": data.ArrayLayout(signed(32), C),
+            "multiplier": data.ArrayLayout(signed(32), C),
+            "shift": data.ArrayLayout(signed(8), C),
+        })
+        m.submodules.prm_fifo = prm_fifo = fifo.SyncFIFOBuffered(width=prm_layout.size, depth=4)
+        word_idx = Signal(2)
+        bias_w, mult_w = Signal(32 * C), Signal(32 * C)
+        prm_in = Signal(prm_layout)
         m.d.comb += [
-            self.c_wr.req.payload.addr.eq(job.c_addr + row),
-            self.c_wr.req.payload.we.eq(1),
-            self.c_wr.req.payload.wdata.eq(array.o.payload.data),
-            self.c_wr.req.payload.wmask.eq((1 << (4 * C)) - 1),
+            prm_in.bias.eq(bias_w), prm_in.multiplier.eq(mult_w),
+            prm_in.shift.eq(rp.o.payload.word[:8 * C]),
+            prm_fifo.w_data.eq(prm_in),
+            rp.o.ready.eq((word_idx != 2) | prm_fifo.w_rdy),
+            prm_fifo.w_en.eq(rp.o.valid & (word_idx == 2)),
         ]
-        # A command finishes only into an empty completion register (at most a one-cycle bubble).
+        with m.If(rp.o.valid & rp.o.ready):
+            with m.If(word_idx == 0):
+                m.d.sync += [bias_w.eq(rp.o.payload.word[:32 * C]), word_idx.eq(1)]
+            with m.Elif(word_idx == 1):
+                m.d.sync += [mult_w.eq(rp.o.payload.word[:32 * C]), word_idx.eq(2)]
+            with m.Else():
+                m.d.sync += word_idx.eq(0)
+
+        # Array rows → output stage, with the tile's parameters and the command's scalars.
+        rq_job, prm = Signal(job_layout), Signal(prm_layout)
+        m.d.comb += [rq_job.eq(rq_jobs.r_data), prm.eq(prm_fifo.r_data)]
+        rq_row = Signal(32)
+        have = rq_jobs.r_rdy & ~rq_job.error & prm_fifo.r_rdy
+        m.d.comb += [
+            rq.i.payload.eq(array.o.payload),
+            rq.i.valid.eq(array.o.valid & have),
+            array.o.ready.eq(rq.i.ready & have),
+            rq.params.raw.eq(rq_job.raw),
+            rq.params.zero_point.eq(rq_job.zero_point),
+            rq.params.act_min.eq(rq_job.act_min),
+            rq.params.act_max.eq(rq_job.act_max),
+        ]
+        for c in range(C):
+            m.d.comb += [rq.params.bias[c].eq(prm.bias[c]),
+                         rq.params.multiplier[c].eq(prm.multiplier[c]),
+                         rq.params.shift[c].eq(prm.shift[c])]
+        entered = rq.i.valid & rq.i.ready
+        m.d.comb += prm_fifo.r_en.eq(entered & array.o.payload.last)
+        with m.If(rq_jobs.r_rdy & rq_job.error):
+            m.d.comb += rq_jobs.r_en.eq(1)
+        with m.If(entered):
+            with m.If(rq_row == rq_job.rows - 1):
+                m.d.comb += rq_jobs.r_en.eq(1)
+                m.d.sync += rq_row.eq(0)
+            with m.Else():
+                m.d.sync += rq_row.eq(rq_row + 1)
+
+        # Writer: one result row per scratchpad word, INT32 or packed INT8.
+        job = Signal(job_layout)
+        m.d.comb += job.eq(wr_jobs.r_data)
+        row = Signal(32)
         done_full = Signal()
         last_row = row == job.rows - 1
+        can_write = wr_jobs.r_rdy & ~job.error & (~last_row | ~done_full)
+        packed = Cat(rq.o.payload.data[c][:8] for c in range(C))
         m.d.comb += [
-            self.c_wr.req.valid.eq(array.o.valid & jobs.r_rdy & ~job.error &
-                                   (~last_row | ~done_full)),
-            array.o.ready.eq(self.c_wr.req.ready & jobs.r_rdy & ~job.error &
-                             (~last_row | ~done_full)),
+            self.c_wr.req.valid.eq(rq.o.valid & can_write),
+            rq.o.ready.eq(self.c_wr.req.ready & can_write),
+            self.c_wr.req.payload.addr.eq(job.c_addr + row),
+            self.c_wr.req.payload.we.eq(1),
+            self.c_wr.req.payload.wdata.eq(Mux(job.raw, rq.o.payload.data, packed)),
+            self.c_wr.req.payload.wmask.eq(Mux(job.raw, (1 << (4 * C)) - 1, (1 << C) - 1)),
         ]
         finished = Signal()
-        with m.If(jobs.r_rdy & job.error & ~done_full):
+        with m.If(wr_jobs.r_rdy & job.error & ~done_full):
             m.d.comb += finished.eq(1)
         with m.If(self.c_wr.req.valid & self.c_wr.req.ready):
             with m.If(last_row):
@@ -269,14 +345,16 @@ class GemmEngine(wiring.Component):
                 m.d.sync += row.eq(row + 1)
 
         # Completion: a one-entry output register so `done` never waits on `ready`.
-        m.d.comb += [self.done.valid.eq(done_full)]
+        m.d.comb += [self.done.valid.eq(done_full), wr_jobs.r_en.eq(finished)]
         with m.If(self.done.ready):
             m.d.sync += done_full.eq(0)
-        m.d.comb += jobs.r_en.eq(finished)
         with m.If(finished):
             m.d.sync += [done_full.eq(1), self.done.payload.tag.eq(job.tag),
                          self.done.payload.error.eq(job.error)]
 
-        m.d.comb += self.step.eq(array.a.valid & array.a.ready)
-        m.d.comb += self.busy.eq(~ra.idle | ~rb.idle | jobs.r_rdy | array.busy | done_full)
+        m.d.comb += [
+            self.step.eq(array.a.valid & array.a.ready),
+            self.busy.eq(~ra.idle | ~rb.idle | ~rp.idle | wr_jobs.r_rdy | array.busy |
+                         rq.busy | done_full),
+        ]
         return m

@@ -14,6 +14,7 @@ from cocotb.triggers import ClockCycles, RisingEdge
 
 from hw.config import EmberConfig
 from sim.golden import ref_matmul
+from sim.golden_requant import ref_bias_add, ref_requant
 from sim.layout import gemm_tiles, pack_a, pack_b, unpack_c_rows
 from sim.streams import StreamSink, StreamSource
 
@@ -113,14 +114,39 @@ class TB:
     async def fill_random(self):
         await self.host_write(0, self.rng.integers(0, 256, (self.words, self.W), np.uint8))
 
-    def encode_cmd(self, a_addr, b_addr, c_addr, steps, m_tiles, n_tiles, tag):
+    def encode_cmd(self, a_addr, b_addr, c_addr, p_addr, steps, m_tiles, n_tiles, tag, *,
+                   raw=1, zero_point=0, act_min=-128, act_max=127):
         a = self.aw
         v, shift = 0, 0
-        for value, width in ((a_addr, a), (b_addr, a), (c_addr, a), (steps, 16),
-                             (m_tiles, 16), (n_tiles, 16), (tag, 16)):
+        for value, width in ((a_addr, a), (b_addr, a), (c_addr, a), (p_addr, a), (steps, 16),
+                             (m_tiles, 16), (n_tiles, 16), (raw, 1), (zero_point & 0xFF, 8),
+                             (act_min & 0xFF, 8), (act_max & 0xFF, 8), (tag, 16)):
             v |= value << shift
             shift += width
         return v
+
+    def random_params(self, n, raw):
+        """Per-column bias, multiplier, shift (raw mode uses only the bias)."""
+        bias = self.rng.integers(-2**31, 2**31, n, dtype=np.int64)
+        if not raw:
+            bias //= 2**12        # keep most results in the interesting range
+        mult = self.rng.integers(2**30, 2**31, n, dtype=np.int64)
+        mult[self.rng.random(n) < 0.1] = 0
+        shift = self.rng.integers(-20, 4, n)
+        return bias, mult, shift
+
+    async def place_params(self, bias, mult, shift, p_addr):
+        """Three words per column tile: bias, multiplier, shift (zero for padded columns)."""
+        nt = -(-len(bias) // self.C)
+        words = np.zeros((3 * nt, self.W), np.uint8)
+        for j in range(nt):
+            cols = slice(j * self.C, min((j + 1) * self.C, len(bias)))
+            n = cols.stop - cols.start
+            words[3 * j, :4 * n] = bias[cols].astype("<i4").view(np.uint8)
+            words[3 * j + 1, :4 * n] = mult[cols].astype("<u4").view(np.uint8)
+            words[3 * j + 2, :n] = shift[cols].astype(np.int8).view(np.uint8)
+        await self.host_write(p_addr, words)
+        return 3 * nt
 
     async def place_gemm(self, a, b, a_addr, b_addr):
         """Write the packed operands; return (steps, m_tiles, n_tiles)."""
@@ -130,14 +156,30 @@ class TB:
                                    rows=self.R, cols=self.C, lanes=self.L)
         return steps, mt, nt
 
-    def expect_result(self, a, b, c_addr):
-        """Update the SRAM model with the result rows the engine must write."""
+    def expect_result(self, a, b, c_addr, params, *, raw=1, zero_point=0, act_min=-128,
+                      act_max=127):
+        """Update the SRAM model with the result rows the engine must write; return their count.
+
+        Padded rows and columns are computed too (with zero parameters), as the hardware writes
+        whole tile rows.
+        """
         M, N = a.shape[0], b.shape[1]
         mt, _, nt = gemm_tiles(M, a.shape[1], N, rows=self.R, cols=self.C, lanes=self.L)
-        cp = np.zeros((mt * self.R, nt * self.C), np.int32)
-        cp[:M, :N] = ref_matmul(a, b)
-        rows = cp.reshape(mt, self.R, nt, self.C).transpose(0, 2, 1, 3).reshape(-1, self.C)
-        self.image[c_addr:c_addr + len(rows), :4 * self.C] = rows.astype("<i4").view(np.uint8)
+        acc = np.zeros((mt * self.R, nt * self.C), np.int32)
+        acc[:M, :N] = ref_matmul(a, b)
+        padded = [np.zeros(nt * self.C, np.int64) for _ in range(3)]
+        for full, part in zip(padded, params):
+            full[:N] = part
+        bias, mult, shift = padded
+        if raw:
+            out = ref_bias_add(acc, bias).astype("<i4")
+            width = 4 * self.C
+        else:
+            out = ref_requant(acc, bias, mult, shift, zero_point, act_min, act_max)
+            width = self.C
+        rows = out.reshape(mt, self.R, nt, self.C).transpose(0, 2, 1, 3).reshape(-1, self.C)
+        self.image[c_addr:c_addr + len(rows), :width] = \
+            np.ascontiguousarray(rows).view(np.uint8).reshape(len(rows), width)
         return mt * nt * self.R
 
     async def wait_done(self, n, limit):
@@ -160,7 +202,7 @@ async def random_gemm_blocks(dut):
     tb = TB(dut)
     await tb.reset()
     await tb.fill_random()
-    a_next, b_next, c_next = 0, 2 * tb.depth, 4 * tb.depth
+    a_next, b_next, c_next, p_next = 0, 2 * tb.depth, 4 * tb.depth, 6 * tb.depth
     expected = []
     tb.done.set_pause_generator(iter(lambda: bool(tb.rng.random() < 0.3), None))
     for tag in range(8):
@@ -169,17 +211,25 @@ async def random_gemm_blocks(dut):
         K = int(tb.rng.integers(1, 6 * tb.L + 1))
         a = tb.rng.integers(-128, 128, (M, K), np.int8)
         b = tb.rng.integers(-128, 128, (K, N), np.int8)
+        raw = int(tag % 2)
+        params = tb.random_params(N, raw)
+        out = dict(zero_point=int(tb.rng.integers(-128, 128)), act_min=-128, act_max=127)
+        if tag % 4 == 2:                       # ReLU
+            out["act_min"] = out["zero_point"]
         steps, mt, nt = await tb.place_gemm(a, b, a_next, b_next)
-        rows = tb.expect_result(a, b, c_next)
-        tb.cmd.send_nowait(tb.encode_cmd(a_next, b_next, c_next, steps, mt, nt, tag))
+        p_words = await tb.place_params(*params, p_next)
+        rows = tb.expect_result(a, b, c_next, params, raw=raw, **out)
+        tb.cmd.send_nowait(tb.encode_cmd(a_next, b_next, c_next, p_next, steps, mt, nt, tag,
+                                         raw=raw, **out))
         expected.append(tag)
         a_next += mt * steps
         b_next += nt * steps
         c_next += rows
+        p_next += p_words
         assert a_next <= 2 * tb.depth and b_next <= 4 * tb.depth and c_next <= 6 * tb.depth
     # Malformed commands complete with an error and write nothing.
-    tb.cmd.send_nowait(tb.encode_cmd(0, 0, 0, 0, 1, 1, 100))
-    tb.cmd.send_nowait(tb.encode_cmd(0, 0, 0, 1, 0, 1, 101))
+    tb.cmd.send_nowait(tb.encode_cmd(0, 0, 0, 0, 0, 1, 1, 100))
+    tb.cmd.send_nowait(tb.encode_cmd(0, 0, 0, 0, 1, 0, 1, 101))
     await tb.wait_done(10, 20000)
     tags = [beat & 0xFFFF for beat in tb.done.beats]
     errors = [(beat >> 16) & 0xF for beat in tb.done.beats]
@@ -193,8 +243,8 @@ async def random_gemm_blocks(dut):
 async def steady_state_banks(dut, traffic):
     """Back-to-back GEMM commands while DMA-like traffic loads and stores other buffers.
 
-    With the ping-pong layout (operands in banks 0 and 2, results in bank 4, the DMA on banks 1, 3
-    and 5) the array steps every cycle and the engine never waits for a bank. With the DMA on the
+    With the ping-pong layout (operands in banks 0 and 2, results in bank 4, output parameters in
+    bank 6, the DMA on banks 1, 3 and 5) the array steps every cycle and the engine never waits for a bank. With the DMA on the
     engine's own banks the same check sees the conflicts.
     """
     tb = TB(dut)
@@ -207,9 +257,11 @@ async def steady_state_banks(dut, traffic):
     b = tb.rng.integers(-128, 128, (steps * tb.L, 2 * tb.C), np.int8)
     s, mt, nt = await tb.place_gemm(a, b, 0, 2 * d)
     assert (s, mt, nt) == (steps, 2, 2)
+    params = tb.random_params(2 * tb.C, raw=0)
+    await tb.place_params(*params, 6 * d)
     ncmd = 4
     for tag in range(ncmd):
-        tb.expect_result(a, b, 4 * d + tag * mt * nt * tb.R)
+        tb.expect_result(a, b, 4 * d + tag * mt * nt * tb.R, params, raw=0)
     if traffic == "ping_pong":
         load_banks, store_bank = (1, 3), 5
     else:
@@ -229,8 +281,8 @@ async def steady_state_banks(dut, traffic):
     store = cocotb.start_soon(tb.access("store", store_reqs))
     await ClockCycles(dut.clk, 8)
     for tag in range(ncmd):
-        tb.cmd.send_nowait(tb.encode_cmd(0, 2 * d, 4 * d + tag * mt * nt * tb.R,
-                                         steps, mt, nt, tag))
+        tb.cmd.send_nowait(tb.encode_cmd(0, 2 * d, 4 * d + tag * mt * nt * tb.R, 6 * d,
+                                         steps, mt, nt, tag, raw=0))
     await tb.wait_done(ncmd, 20000)
     busy_during = [c for c in tb.steps]
     window = busy_during[-1] - busy_during[0] + 1

@@ -12,12 +12,15 @@ from sim.runner import build_rtl, generate_verilog, lint, run_cocotb
 
 
 class GemmHarness(wiring.Component):
-    """Test wrapper: GemmEngine + Scratchpad, with host/load/store ports for the testbench."""
+    """Test wrapper: GemmEngine + Scratchpad, with host/load/store ports for the testbench.
+
+    Scratchpad ports: 0-3 the engine's A, B, result and parameter ports; 4 host; 5 load; 6 store.
+    """
 
     def __init__(self, cfg):
         self.cfg = cfg
         self._sram = probe = Scratchpad(banks=cfg.sram_banks, depth=cfg.sram_depth,
-                                        data_bytes=cfg.bus_bytes, ports=6)
+                                        data_bytes=cfg.bus_bytes, ports=7)
         self._engine = engine = GemmEngine(rows=cfg.pe_rows, cols=cfg.pe_cols,
                                            lanes=cfg.pe_lanes, data_bytes=cfg.bus_bytes,
                                            addr_width=probe.addr_width)
@@ -40,14 +43,16 @@ class GemmHarness(wiring.Component):
         wiring.connect(m, engine.a_rd, sram.ports[0])
         wiring.connect(m, engine.b_rd, sram.ports[1])
         wiring.connect(m, engine.c_wr, sram.ports[2])
-        wiring.connect(m, wiring.flipped(self.host), sram.ports[3])
-        wiring.connect(m, wiring.flipped(self.load), sram.ports[4])
-        wiring.connect(m, wiring.flipped(self.store), sram.ports[5])
+        wiring.connect(m, engine.p_rd, sram.ports[3])
+        wiring.connect(m, wiring.flipped(self.host), sram.ports[4])
+        wiring.connect(m, wiring.flipped(self.load), sram.ports[5])
+        wiring.connect(m, wiring.flipped(self.store), sram.ports[6])
         m.d.comb += [
             self.step.eq(engine.step),
             self.engine_stall.eq(
                 (engine.a_rd.req.valid & ~engine.a_rd.req.ready) |
                 (engine.b_rd.req.valid & ~engine.b_rd.req.ready) |
+                (engine.p_rd.req.valid & ~engine.p_rd.req.ready) |
                 (engine.c_wr.req.valid & ~engine.c_wr.req.ready)),
         ]
         return m
