@@ -7,6 +7,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ember-installed
 CONFIG ?= tiny
+# Which part `make verilog` elaborates: the whole accelerator (top) or the PE array alone.
+PART   ?= top
 # pytest-xdist workers for the regressions.
 JOBS   ?= auto
 
@@ -38,10 +40,10 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -n $(JOBS) -m "slow"
 
 verilog: $(STAMP)
-	$(PY) -m sim verilog --config $(CONFIG)
+	$(PY) -m sim verilog --config $(CONFIG) --part $(PART)
 
 lint: verilog
-	$(PY) -m sim lint --config $(CONFIG)
+	$(PY) -m sim lint --config $(CONFIG) --part $(PART)
 
 clean:
 	rm -rf build .pytest_cache

@@ -42,7 +42,7 @@ code    cause
 ======  =====================================================================
 
 ``clear`` (the soft reset) empties every queue, forgets in-flight bookkeeping, zeroes the
-semaphores, counters and error. Engines must be reset alongside.
+semaphores, counters and error. Completions of commands issued before the clear are discarded.
 """
 
 from amaranth.hdl import Cat, Module, ResetInserter, Signal
@@ -166,7 +166,9 @@ class CommandProcessor(wiring.Component):
         for q, opcode in enumerate(self.opcodes):
             eng = self.engines[q]
             queue = fifo.SyncFIFOBuffered(width=cmd_layout.size, depth=self.depth)
-            track = fifo.SyncFIFOBuffered(width=5 + 5 + 16, depth=max(self.inflight, 2))
+            # First-word fall-through: an entry is readable the cycle after the take, before the
+            # engine can possibly complete the command (it sees it from the issue register).
+            track = fifo.SyncFIFO(width=5 + 5 + 16, depth=max(self.inflight, 2))
             m.submodules[f"queue{q}"] = queue
             m.submodules[f"track{q}"] = track
             mine = pushed & (head.opcode == opcode)
@@ -221,7 +223,9 @@ class CommandProcessor(wiring.Component):
 
             # Completion: in issue order; signal the semaphore, count, capture engine errors.
             signal, signal2, cid = track.r_data[:5], track.r_data[5:10], track.r_data[10:]
-            m.d.comb += eng.done.ready.eq(track.r_rdy)
+            # Completions are always taken. One with no bookkeeping entry can only come from a
+            # command issued before a `clear`, and is discarded.
+            m.d.comb += eng.done.ready.eq(1)
             completes = eng.done.valid & track.r_rdy
             m.d.comb += track.r_en.eq(completes)
             for s in range(N_SEMS):

@@ -1,17 +1,199 @@
-"""The Ember top level for a configuration.
+"""The Ember top level: host port, control core, command processor, DMA, GEMM engine, scratchpad.
 
-So far Ember's top level is the PE array alone; the SRAM banks, DMA, command processor, control
-core, embedding-bag engine and host port join it as they are built (see README, Architecture).
+Ports
+-----
+``host__*``
+    AXI4-Lite subordinate (32-bit data, 16-bit byte address): the registers of
+    ``hw/regmap.py`` and the control core's IMEM window.
+``axi__*``
+    The DMA's AXI4 manager port to DRAM.
+``irq``
+    ``|(IRQ_STATUS & IRQ_ENABLE)``.
+
+Inside
+------
+The host loads firmware into the control core (VexRiscv) through the IMEM window while
+``CTRL.CPU_RESET`` holds it, then releases it. Firmware and host both write commands through
+their registers into the command processor. Its queues feed the engines:
+
+=====  ======  ==========================================================================
+queue  opcode  engine, and the meaning of argument words 0..5 (header words 2..7)
+=====  ======  ==========================================================================
+0      1       DMA load (DRAM → scratchpad): dram_addr, sram_addr (bytes), rows, row_bytes,
+               dram_stride, sram_stride
+1      2       DMA store (scratchpad → DRAM): the same fields
+2      3       GEMM: ``a_addr | b_addr << 16``, ``c_addr | p_addr << 16`` (scratchpad word
+               addresses), ``steps | m_tiles << 16 | n_tiles << 24``,
+               ``raw | zero_point << 8 | act_min << 16 | act_max << 24``
+=====  ======  ==========================================================================
+
+Scratchpad ports: 0 DMA write (loads), 1 DMA read (stores), 2 GEMM A, 3 GEMM B, 4 GEMM results,
+5 GEMM parameters.
+
+``CTRL.SOFT_RESET`` clears the command processor and resets the GEMM engine and the scratchpad's
+arbiters (the scratchpad keeps its contents). The DMA is not reset, because AXI gives no way to
+abandon transactions in flight. It finishes what it holds, and the command processor discards
+those completions.
 """
 
-from .config import EmberConfig
-from .pe_array import PEArray
+from amaranth.hdl import Module, ResetInserter, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
 
-__all__ = ["build_top"]
+from . import regmap
+from .axi import axi4_signature
+from .axil import AXILiteToWishbone, axil_signature
+from .cmdproc import CommandProcessor
+from .config import EmberConfig
+from .cpu import ControlCore, DEFAULT_IMEM_SIZE
+from .dma import DMA
+from .gemm import GemmEngine
+from .regs import Registers
+from .sram import Scratchpad
+
+__all__ = ["Ember", "build_top"]
+
+TAG_WIDTH = 16
+
+
+class Ember(wiring.Component):
+    """The whole accelerator for one configuration.
+
+    Parameters
+    ----------
+    config : EmberConfig
+        The preset.
+
+    Members
+    -------
+    host : In(axil_signature(addr_width=16))
+        Host register port.
+    axi : Out(axi4_signature(...))
+        DRAM port.
+    irq : Out(1)
+        Interrupt to the host.
+    """
+
+    def __init__(self, config):
+        if not isinstance(config, EmberConfig):
+            raise TypeError(f"config must be an EmberConfig, not {config!r}")
+        self.config = config
+        super().__init__({
+            "host": In(axil_signature(addr_width=regmap.HOST_ADDR_WIDTH)),
+            "axi": Out(axi4_signature(addr_width=config.axi_addr_width,
+                                      data_bytes=config.bus_bytes,
+                                      id_width=config.axi_id_width)),
+            "irq": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.config
+        queues = regmap.QUEUE_NAMES
+
+        m.submodules.bridge = bridge = AXILiteToWishbone(addr_width=regmap.HOST_ADDR_WIDTH)
+        m.submodules.cpu = cpu = ControlCore()
+        m.submodules.regs = regs = Registers(config=cfg, imem_words=DEFAULT_IMEM_SIZE // 4,
+                                             fw_addr_width=len(cpu.mmio.adr))
+        m.submodules.cp = cp = CommandProcessor(
+            opcodes=[regmap.OPCODES[q] for q in queues], depth=8, inflight=4)
+        sram = Scratchpad(banks=cfg.sram_banks, depth=cfg.sram_depth,
+                          data_bytes=cfg.bus_bytes, ports=6)
+        dma = DMA(data_bytes=cfg.bus_bytes, addr_width=cfg.axi_addr_width,
+                  id_width=cfg.axi_id_width, outstanding=cfg.dma_outstanding,
+                  max_burst=cfg.dma_max_burst, sram_addr_width=sram.addr_width,
+                  sram_words=cfg.sram_banks * cfg.sram_depth, tag_width=TAG_WIDTH)
+        gemm = GemmEngine(rows=cfg.pe_rows, cols=cfg.pe_cols, lanes=cfg.pe_lanes,
+                          data_bytes=cfg.bus_bytes, addr_width=sram.addr_width,
+                          tag_width=TAG_WIDTH)
+        m.submodules.dma = dma
+        m.submodules.sram = ResetInserter(regs.soft_reset)(sram)
+        m.submodules.gemm = ResetInserter(regs.soft_reset)(gemm)
+
+        # Host port → registers; control core ↔ registers.
+        wiring.connect(m, wiring.flipped(self.host), bridge.axil)
+        wiring.connect(m, bridge.wb, regs.host)
+        wiring.connect(m, cpu.mmio, regs.fw)
+        wiring.connect(m, regs.imem_write, cpu.host)
+        m.d.comb += [
+            cpu.cpu_reset.eq(regs.cpu_reset),
+            cpu.irq.eq(cp.irq),
+            self.irq.eq(regs.irq),
+        ]
+
+        # Registers ↔ command processor.
+        wiring.connect(m, regs.push, cp.push)
+        wiring.connect(m, regs.sem_write, cp.sem_write)
+        m.d.comb += [
+            cp.clear.eq(regs.soft_reset),
+            regs.cp_sems.eq(cp.sems),
+            regs.cp_completed.eq(cp.completed),
+            regs.cp_pending.eq(cp.pending),
+            regs.cp_busy.eq(cp.busy),
+            regs.cp_waiting.eq(cp.waiting),
+            regs.cp_error.eq(cp.error),
+            regs.cp_error_id.eq(cp.error_id),
+            regs.cp_error_queue.eq(cp.error_queue),
+        ]
+
+        # Command processor → DMA (queues 0 and 1): argument words to descriptor fields.
+        for q, (cmd_in, done_out) in enumerate(((dma.load, dma.load_done),
+                                                (dma.store, dma.store_done))):
+            eng = cp.engines[q]
+            args = eng.cmd.payload.args
+            m.d.comb += [
+                cmd_in.valid.eq(eng.cmd.valid),
+                eng.cmd.ready.eq(cmd_in.ready),
+                cmd_in.payload.dram_addr.eq(args[0]),
+                cmd_in.payload.sram_addr.eq(args[1]),
+                cmd_in.payload.rows.eq(args[2]),
+                cmd_in.payload.row_bytes.eq(args[3]),
+                cmd_in.payload.dram_stride.eq(args[4]),
+                cmd_in.payload.sram_stride.eq(args[5]),
+                cmd_in.payload.tag.eq(eng.cmd.payload.header.id),
+                eng.done.valid.eq(done_out.valid),
+                done_out.ready.eq(eng.done.ready),
+                eng.done.payload.tag.eq(done_out.payload.tag),
+                eng.done.payload.error.eq(done_out.payload.error),
+            ]
+
+        # Command processor → GEMM engine (queue 2).
+        eng = cp.engines[2]
+        args = eng.cmd.payload.args
+        g = gemm.cmd.payload
+        m.d.comb += [
+            gemm.cmd.valid.eq(eng.cmd.valid),
+            eng.cmd.ready.eq(gemm.cmd.ready),
+            g.a_addr.eq(args[0][:16]), g.b_addr.eq(args[0][16:]),
+            g.c_addr.eq(args[1][:16]), g.p_addr.eq(args[1][16:]),
+            g.steps.eq(args[2][:16]), g.m_tiles.eq(args[2][16:24]), g.n_tiles.eq(args[2][24:]),
+            g.raw.eq(args[3][0]), g.zero_point.eq(args[3][8:16]),
+            g.act_min.eq(args[3][16:24]), g.act_max.eq(args[3][24:]),
+            g.tag.eq(eng.cmd.payload.header.id),
+            eng.done.valid.eq(gemm.done.valid),
+            gemm.done.ready.eq(eng.done.ready),
+            eng.done.payload.tag.eq(gemm.done.payload.tag),
+            eng.done.payload.error.eq(gemm.done.payload.error),
+        ]
+
+        # Scratchpad clients.
+        for port, client in enumerate((dma.sram_wr, dma.sram_rd, gemm.a_rd, gemm.b_rd,
+                                       gemm.c_wr, gemm.p_rd)):
+            wiring.connect(m, client, sram.ports[port])
+
+        # DRAM.
+        wiring.connect(m, dma.axi, wiring.flipped(self.axi))
+
+        # Performance events.
+        m.d.comb += [
+            regs.perf_gemm_step.eq(gemm.step),
+            regs.perf_gemm_stall.eq(cp.busy[2] & ~gemm.step),
+            regs.perf_dma_rd_beat.eq(self.axi.rvalid & self.axi.rready),
+            regs.perf_dma_wr_beat.eq(self.axi.wvalid & self.axi.wready),
+        ]
+        return m
 
 
 def build_top(config):
     """Build a fresh top-level component for ``config`` (one per conversion or simulation)."""
-    if not isinstance(config, EmberConfig):
-        raise TypeError(f"config must be an EmberConfig, not {config!r}")
-    return PEArray(rows=config.pe_rows, cols=config.pe_cols, lanes=config.pe_lanes)
+    return Ember(config)

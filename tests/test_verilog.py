@@ -7,7 +7,8 @@ import pytest
 from hw.config import PRESETS
 from hw.pe_array import PEArray
 from hw.top import build_top
-from sim.runner import generate_verilog, lint, write_if_changed
+from hw.cpu import vexriscv_source
+from sim.runner import VEXRISCV_VLT, generate_verilog, lint, write_if_changed
 
 
 @pytest.mark.parametrize("preset", [n for n, c in PRESETS.items() if c.simulate])
@@ -19,7 +20,13 @@ def test_verilog_lint_clean(preset, tmp_path):
     assert not [m for m in modules if "__" in m]
     path = tmp_path / f"{cfg.top_name}.v"
     path.write_text(text)
-    lint(path, cfg.top_name)
+    lint(path, cfg.top_name, extra_sources=[VEXRISCV_VLT, vexriscv_source()])
+
+
+def test_mtia_top_names_the_limit():
+    """mtia's operands do not fit a scratchpad word: the error says why (PART=pe_array works)."""
+    with pytest.raises(ValueError, match="does not fit a 64-byte scratchpad word"):
+        build_top(PRESETS["mtia"]).elaborate(None)
 
 
 def test_lint_catches_a_warning(tmp_path):
@@ -52,3 +59,10 @@ def test_write_if_changed(tmp_path):
 def test_pe_array_parameters(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         PEArray(**kwargs)
+
+
+def test_firmware_header_matches_regmap():
+    """fw/ember_regs.h is generated from hw/regmap.py (`python -m sim regmap --c`)."""
+    from hw import regmap
+    from sim.runner import ROOT
+    assert (ROOT / "fw" / "ember_regs.h").read_text() == regmap.c_header()

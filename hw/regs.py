@@ -1,0 +1,264 @@
+"""The register block: the map of ``hw/regmap.py`` on two Wishbone subordinate ports.
+
+``host`` comes from the AXI4-Lite bridge (``hw/axil.py``); ``fw`` is the control core's MMIO
+window. Both are answered one cycle after the request, with ``ack``, or ``err`` for an offset that
+is neither a register nor (host only) the IMEM window. Access rights per side come from the map.
+"""
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from . import regmap, wishbone
+from .cmdproc import N_SEMS, cmd_layout
+
+__all__ = ["Registers"]
+
+
+class Registers(wiring.Component):
+    """Host and firmware registers, command staging, performance counters and the interrupt.
+
+    Parameters
+    ----------
+    config : EmberConfig
+        Reported in ``HW_PE``/``HW_MEM``.
+    imem_words : int
+        Size of the control core's IMEM in 32-bit words (the host's IMEM window).
+
+    Members
+    -------
+    host : In(wishbone.Signature(addr_width=HOST_ADDR_WIDTH - 2))
+        Host side (byte offset = 4·adr).
+    fw : In(wishbone.Signature(addr_width=...))
+        Firmware side (MMIO window, word offsets).
+    push : Out(stream.Signature(cmd_layout))
+        Commands to the command processor.
+    sem_write : Out(Signature(valid, index, value))
+        Semaphore writes.
+    soft_reset : Out(1)
+        One-cycle pulse on a write of ``CTRL.SOFT_RESET``.
+    cpu_reset : Out(1)
+        ``CTRL.CPU_RESET``.
+    imem_write : Out(host_write_signature(30))
+        Host writes into the IMEM window, in the core's word address space.
+    cp_* : In
+        Command-processor status: semaphores, counters, error.
+    perf_* : In(1)
+        Per-cycle events for the performance counters.
+    irq : Out(1)
+        ``|(IRQ_STATUS & IRQ_ENABLE)``.
+    """
+
+    def __init__(self, *, config, imem_words, fw_addr_width=26):
+        self.config = config
+        self.imem_words = imem_words
+        nq = regmap.N_QUEUES
+        super().__init__({
+            "host": In(wishbone.Signature(addr_width=regmap.HOST_ADDR_WIDTH - 2)),
+            "fw": In(wishbone.Signature(addr_width=fw_addr_width)),
+            "push": Out(stream.Signature(cmd_layout)),
+            "sem_write": Out(wiring.Signature({"valid": Out(1), "index": Out(4),
+                                               "value": Out(8)})),
+            "soft_reset": Out(1),
+            "cpu_reset": Out(1, init=1),
+            "imem_write": Out(wishbone.host_write_signature(30)),
+            "cp_sems": In(data.ArrayLayout(8, N_SEMS)),
+            "cp_completed": In(data.ArrayLayout(32, nq)),
+            "cp_pending": In(data.ArrayLayout(8, nq)),
+            "cp_busy": In(nq),
+            "cp_waiting": In(nq),
+            "cp_error": In(8),
+            "cp_error_id": In(16),
+            "cp_error_queue": In(4),
+            "perf_gemm_step": In(1),
+            "perf_gemm_stall": In(1),
+            "perf_dma_rd_beat": In(1),
+            "perf_dma_wr_beat": In(1),
+            "irq": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.config
+        nq = regmap.N_QUEUES
+
+        doorbell = Signal(32)
+        mailbox = Signal(32, name="host_mailbox")
+        fw_status = Signal(32)
+        irq_status = Signal(2)
+        irq_enable = Signal(2)
+        cycles = Signal(64)
+        gemm_steps, gemm_stall = Signal(32), Signal(32)
+        rd_beats, wr_beats = Signal(32), Signal(32)
+        job_args = [Signal(32, name=f"arg{i}") for i in range(16)]
+        busy_cycles = [Signal(32, name=f"perf_busy{q}") for q in range(nq)]
+        wait_cycles = [Signal(32, name=f"perf_wait{q}") for q in range(nq)]
+
+        def log2(v):
+            return v.bit_length() - 1
+
+        # Values read at each register (same on both sides where readable).
+        readable = {
+            "ID": Const(regmap.ID_VALUE, 32),
+            "VERSION": Const(regmap.VERSION, 32),
+            "HW_PE": Const(cfg.pe_rows | cfg.pe_cols << 8 | cfg.pe_lanes << 16, 32),
+            "HW_MEM": Const(cfg.bus_bytes | log2(cfg.sram_banks) << 8
+                            | log2(cfg.sram_depth) << 16, 32),
+            "CTRL": Cat(self.cpu_reset, Const(0, 1)),
+            "STATUS": Cat(Cat(self.cp_pending[q] != 0 for q in range(nq)).any(),
+                          self.cp_error != 0, self.cpu_reset),
+            "DOORBELL": doorbell,
+            "MAILBOX": mailbox,
+            "FW_STATUS": fw_status,
+            "IRQ_STATUS": irq_status,
+            "IRQ_ENABLE": irq_enable,
+            "ERR_CODE": self.cp_error,
+            "ERR_ID": self.cp_error_id,
+            "ERR_QUEUE": self.cp_error_queue,
+            "PERF_CYCLES": cycles[:32],
+            "PERF_CYCLES_HI": cycles[32:],
+            "PERF_GEMM_STEPS": gemm_steps,
+            "PERF_GEMM_STALL": gemm_stall,
+            "PERF_DMA_RD_BEATS": rd_beats,
+            "PERF_DMA_WR_BEATS": wr_beats,
+        }
+        for s in range(N_SEMS):
+            readable[f"SEM{s}"] = self.cp_sems[s]
+        for i in range(16):
+            readable[f"ARG{i}"] = job_args[i]
+        for q in range(nq):
+            readable[f"Q_COMPLETED{q}"] = self.cp_completed[q]
+            readable[f"Q_PENDING{q}"] = self.cp_pending[q]
+            readable[f"PERF_BUSY{q}"] = busy_cycles[q]
+            readable[f"PERF_WAIT{q}"] = wait_cycles[q]
+
+        perf_clear = Signal()
+        pushes = []
+
+        for side in ("host", "fw"):
+            bus = getattr(self, side)
+            stage = Signal(data.ArrayLayout(32, 8), name=f"{side}_stage")
+            readable_side = dict(readable)
+            for i in range(8):
+                readable_side[f"CMD{i}"] = stage[i]
+            request = bus.cyc & bus.stb & ~bus.ack & ~bus.err
+            offset = Signal(regmap.HOST_ADDR_WIDTH if side == "host" else len(bus.adr) + 2,
+                            name=f"{side}_offset")
+            m.d.comb += offset.eq(bus.adr << 2)
+            write = request & bus.we
+            rdata = Signal(32, name=f"{side}_rdata")
+            hit = Signal(name=f"{side}_hit")
+            push = Signal(name=f"{side}_push")
+            pushes.append((push, stage))
+
+            with m.Switch(offset):
+                for reg in regmap.REGS:
+                    rights = getattr(reg, side)
+                    if rights == "-":
+                        continue
+                    with m.Case(reg.offset):
+                        m.d.comb += hit.eq(1)
+                        if "r" in rights and reg.name in readable_side:
+                            m.d.comb += rdata.eq(readable_side[reg.name])
+                        if "w" in rights:
+                            with m.If(write):
+                                self._write(m, side, reg.name, bus.dat_w, locals_=dict(
+                                    doorbell=doorbell, mailbox=mailbox, fw_status=fw_status,
+                                    irq_status=irq_status, irq_enable=irq_enable,
+                                    stage=stage, push=push, perf_clear=perf_clear,
+                                    job_args=job_args))
+                if side == "host":
+                    with m.Default():
+                        in_imem = (offset >= regmap.IMEM_WINDOW) & \
+                                  (offset < regmap.IMEM_WINDOW + 4 * self.imem_words)
+                        m.d.comb += hit.eq(in_imem)
+                        with m.If(write & in_imem):
+                            m.d.comb += [
+                                self.imem_write.en.eq(1),
+                                self.imem_write.addr.eq((offset - regmap.IMEM_WINDOW) >> 2),
+                                self.imem_write.data.eq(bus.dat_w),
+                                self.imem_write.sel.eq(bus.sel),
+                            ]
+            m.d.sync += [
+                bus.ack.eq(request & hit),
+                bus.err.eq(request & ~hit),
+                bus.dat_r.eq(rdata),
+            ]
+
+        # Pushes: each side's push is held until the command processor takes it (the two sides
+        # alternate when both wait). The command processor is always ready, so a push is held
+        # for at most two cycles; a push in that time would be dropped, but a bus write takes two.
+        # If both sides write a semaphore in the same cycle, the firmware's write wins.
+        pending = [Signal(name=f"push_pending_{i}") for i in range(2)]
+        held = [Signal(cmd_layout, name=f"push_held_{i}") for i in range(2)]
+        for i, (push, stage) in enumerate(pushes):
+            with m.If(push & ~pending[i]):
+                m.d.sync += [pending[i].eq(1), held[i].eq(stage)]
+        turn = Signal()
+        pick = Signal()
+        m.d.comb += [
+            pick.eq(pending[1] & (turn | ~pending[0])),
+            self.push.valid.eq(pending[0] | pending[1]),
+            self.push.payload.eq(Mux(pick, held[1], held[0])),
+        ]
+        with m.If(self.push.valid & self.push.ready):
+            m.d.sync += turn.eq(~pick)
+            for i in range(2):
+                with m.If(pick == i):
+                    m.d.sync += pending[i].eq(0)
+
+        # Performance counters.
+        with m.If(perf_clear):
+            m.d.sync += [c.eq(0) for c in (cycles, gemm_steps, gemm_stall, rd_beats, wr_beats,
+                                           *busy_cycles, *wait_cycles)]
+        with m.Else():
+            m.d.sync += [
+                cycles.eq(cycles + 1),
+                gemm_steps.eq(gemm_steps + self.perf_gemm_step),
+                gemm_stall.eq(gemm_stall + self.perf_gemm_stall),
+                rd_beats.eq(rd_beats + self.perf_dma_rd_beat),
+                wr_beats.eq(wr_beats + self.perf_dma_wr_beat),
+            ]
+            for q in range(nq):
+                m.d.sync += [busy_cycles[q].eq(busy_cycles[q] + self.cp_busy[q]),
+                             wait_cycles[q].eq(wait_cycles[q] + self.cp_waiting[q])]
+
+        # Interrupts: errors latch into IRQ_STATUS.ERROR.
+        with m.If(self.cp_error != 0):
+            m.d.sync += irq_status[0].eq(1)
+        m.d.comb += self.irq.eq((irq_status & irq_enable).any())
+        return m
+
+    def _write(self, m, side, name, value, locals_):
+        v = locals_
+        if name == "CTRL":
+            m.d.sync += self.cpu_reset.eq(value[0])
+            m.d.comb += self.soft_reset.eq(value[1])
+        elif name == "DOORBELL":
+            m.d.sync += v["doorbell"].eq(v["doorbell"] + 1)
+        elif name == "MAILBOX":
+            m.d.sync += v["mailbox"].eq(value)
+        elif name == "FW_STATUS":
+            m.d.sync += v["fw_status"].eq(value)
+        elif name == "IRQ_STATUS":       # write 1 to clear
+            m.d.sync += v["irq_status"].eq(v["irq_status"] & ~value[:2])
+        elif name == "IRQ_ENABLE":
+            m.d.sync += v["irq_enable"].eq(value[:2])
+        elif name == "FW_IRQ":
+            with m.If(value[0]):
+                m.d.sync += v["irq_status"][1].eq(1)
+        elif name.startswith("CMD") and name[3:].isdigit():
+            m.d.sync += v["stage"][int(name[3:])].eq(value)
+        elif name == "CMD_PUSH":
+            m.d.comb += v["push"].eq(1)
+        elif name.startswith("SEM"):
+            m.d.comb += [self.sem_write.valid.eq(1), self.sem_write.index.eq(int(name[3:])),
+                         self.sem_write.value.eq(value[:8])]
+        elif name.startswith("ARG"):
+            m.d.sync += v["job_args"][int(name[3:])].eq(value)
+        elif name == "PERF_CLEAR":
+            with m.If(value[0]):
+                m.d.comb += v["perf_clear"].eq(1)
+        else:
+            raise AssertionError(f"no write action for {name!r}")
+
