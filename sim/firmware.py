@@ -40,6 +40,7 @@ RUNTIME_SOURCES = (FW_DIR / "crt0.S", FW_DIR / "runtime.c")
 PROGRAMS = {
     "selftest": ["selftest.c"],
     "buserror": ["buserror.c"],
+    "gemm": ["gemm.c"],
 }
 
 #: Compiler flags, besides ``-mcpu``, the defines, the sources and the output.

@@ -1,0 +1,728 @@
+"""The DMA engine: 2D strided, byte-aligned copies between DRAM (AXI4) and the scratchpad.
+
+Interface
+---------
+Two independent command queues, ``load`` (DRAM → SRAM) and ``store`` (SRAM → DRAM), take
+descriptors (:meth:`DMA.descriptor_layout`); each finished descriptor produces one beat on
+``load_done`` / ``store_done`` with its ``tag`` and an ``error`` code. Loads and stores run
+concurrently on the separate AXI read and write channels and the two scratchpad ports ``sram_wr``
+and ``sram_rd``. Within one queue, descriptors are executed and completed in order.
+
+A descriptor moves ``rows`` rows of ``row_bytes`` bytes; row ``r`` goes from
+``dram_addr + r·dram_stride`` to ``sram_addr + r·sram_stride`` (or the other way round for a
+store). Every address, length and stride may have any byte alignment.
+
+Descriptor fields and widths (LSB first; ``k = log2(data_bytes)``, ``SB = sram_addr_width + k``):
+
+==============  ======================  ====================================================
+field           width                   meaning
+==============  ======================  ====================================================
+``dram_addr``   ``addr_width``          byte address in DRAM
+``sram_addr``   ``SB``                  byte address in the scratchpad
+``rows``        16                      number of rows, at least 1
+``row_bytes``   ``max(16, SB + 1)``     bytes per row, at least 1; wide enough for a row as
+                                        large as the whole scratchpad
+``dram_stride`` ``addr_width``          bytes between DRAM row starts, modulo 2^addr_width
+                                        (so a "negative" stride walks downwards)
+``sram_stride`` ``SB``                  bytes between scratchpad row starts (non-negative)
+``tag``         ``tag_width``           returned in the completion
+==============  ======================  ====================================================
+
+Completion: ``tag`` (``tag_width``) and ``error`` (3 bits):
+
+- 0 ``ERR_OK``
+- 1 ``ERR_SLVERR``: some beat (load) or burst (store) had an AXI SLVERR response;
+- 2 ``ERR_DECERR``: the same with DECERR (the first error of a descriptor is reported);
+- 3 ``ERR_RANGE``: some byte of the scratchpad side lies at or beyond ``sram_words·data_bytes``;
+- 4 ``ERR_MALFORMED``: ``rows == 0`` or ``row_bytes == 0``.
+
+Codes 3 and 4 are decided before the descriptor issues anything: such a descriptor performs no
+AXI transaction and no scratchpad access at all. After an AXI error every burst already issued
+for the descriptor is drained normally (all R beats and B responses are taken), the remaining rows
+are still transferred on the AXI side, and the next descriptor runs as usual.
+
+- Load with a read error: from the first erroneous R beat on, no scratchpad write of that
+  descriptor is made. What may have been written is a prefix, in transfer order (row by row,
+  byte by byte), of the destination, ending before the first byte carried by the bad beat;
+  bytes of that prefix still held in the realigner when the error arrived are not written.
+  Nothing outside the destination is ever written.
+- Store with a write error: all bursts are still issued, so every destination byte may have been
+  written (whatever the slave did with the failed bursts).
+
+Structure (per direction)
+-------------------------
+``_Front``
+    Takes a descriptor, checks it (range and shape, one registered multiply) and walks its rows,
+    one row per cycle, as ``(dram, sram, n)`` row entries. A rejected descriptor becomes a single
+    row entry that carries its error code.
+Row FIFOs
+    Each row entry is forked, with its geometry precomputed (beat counts, rotation, edge lanes),
+    into the FIFOs of the units below. The load realigner's FIFO holds ``outstanding + 4`` rows
+    (a row waits there from before its first AR until its last R beat); the store realigner's
+    holds 8, enough for one-beat rows to flow at one per cycle.
+Scratchpad reader (stores)
+    Reads each row's scratchpad words, only while the 4-word read buffer has room for every
+    read in flight (responses cannot be refused).
+Burst splitter
+    Splits each row's DRAM beats into INCR bursts of full-size beats (``AxSIZE = k``) that stop at
+    ``max_burst`` beats and at every 4 KB boundary, and issues them on AR/AW while fewer than
+    ``outstanding`` transactions of that direction are in flight.
+``_Realigner``
+    Rotates each input beat by the row's relative byte offset ``(dst - src) mod data_bytes`` (a
+    log-depth barrel shifter) and merges it with the previous beat, producing the destination
+    words with their byte masks (first and last word of each row partial). One input beat and/or
+    one output word per cycle; a row costs at most one extra cycle when it needs one more
+    output word than input beats.
+Response tracking
+    Loads: outstanding reads are counted (AR in, R-last out); R errors are collected per
+    descriptor by the realigner, which ends the descriptor after its last scratchpad write.
+    Stores: one entry per AW burst in a FIFO of ``outstanding`` entries (which is also the
+    write-outstanding limit); B responses pop it, and the last burst of a descriptor emits its
+    completion. W beats are only sent for bursts whose AW has been sent.
+
+All transactions use ID 0, so AXI returns R data and B responses in issue order; AxCACHE is
+``0b0011`` (normal, non-cacheable, bufferable), AxPROT, AxLOCK and AxQOS are 0.
+
+Throughput: one AR/AW per cycle, one R/W beat per cycle, one row per cycle; large transfers run
+at the full bus rate once ``outstanding·max_burst`` beats cover the DRAM latency.
+"""
+
+from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+
+from .axi import BURST_INCR, RESP_DECERR, RESP_SLVERR, axi4_signature
+from .sram import sram_port_signature
+
+__all__ = [
+    "DMA", "ERR_OK", "ERR_SLVERR", "ERR_DECERR", "ERR_RANGE", "ERR_MALFORMED", "ERR_WIDTH",
+    "ROWS_WIDTH",
+]
+
+ERR_OK, ERR_SLVERR, ERR_DECERR, ERR_RANGE, ERR_MALFORMED = 0, 1, 2, 3, 4
+ERR_WIDTH = 3
+ROWS_WIDTH = 16
+# Scratchpad words of read data the store path may have requested and not yet consumed.
+_STORE_READ_BUFFER = 4
+_AXCACHE = 0b0011
+
+
+def _check_int(name, value, minimum, maximum, *, pow2=False):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, not {value!r}")
+    if not minimum <= value <= maximum:
+        raise ValueError(f"{name} must be in [{minimum}, {maximum}], not {value!r}")
+    if pow2 and value & (value - 1):
+        raise ValueError(f"{name} must be a power of two, not {value!r}")
+
+
+def _min(a, b):
+    return Mux(a < b, a, b)
+
+
+def _rotate_bytes_left(m, value, amount, nbytes, name):
+    """``value`` rotated towards higher byte lanes by ``amount`` bytes (log-depth shifter)."""
+    for bit in range(len(amount)):
+        step = (1 << bit) % nbytes
+        if step:
+            stage = Signal(len(value), name=f"{name}_rot{step}")
+            m.d.comb += stage.eq(Mux(amount[bit], value.rotate_left(8 * step), value))
+            value = stage
+    return value
+
+
+def _resp_error(resp):
+    """AXI response → completion error code (OKAY and EXOKAY are success)."""
+    return Mux(resp == RESP_SLVERR, ERR_SLVERR, Mux(resp == RESP_DECERR, ERR_DECERR, ERR_OK))
+
+
+class _Front(wiring.Component):
+    """Descriptor check and row walker.
+
+    Parameters
+    ----------
+    desc_layout : StructLayout
+        The descriptor layout (:meth:`DMA.make_descriptor_layout`).
+    sram_limit : int
+        Scratchpad bytes: a descriptor touching a byte at or beyond it is rejected.
+
+    Members
+    -------
+    desc : In(stream.Signature(desc_layout))
+        Descriptors.
+    rows : Out(stream.Signature(row_layout))
+        One entry per row: ``dram``/``sram`` byte addresses, ``n`` bytes, ``desc_last`` on the
+        descriptor's last row, ``tag``, and ``err`` (nonzero: a rejected descriptor, one entry).
+    """
+
+    def __init__(self, *, desc_layout, sram_limit):
+        f = desc_layout.members
+        self.sram_limit = sram_limit
+        self.row_layout = data.StructLayout({
+            "dram": f["dram_addr"], "sram": f["sram_addr"], "n": f["row_bytes"],
+            "desc_last": 1, "tag": f["tag"], "err": ERR_WIDTH,
+        })
+        super().__init__({
+            "desc": In(stream.Signature(desc_layout)),
+            "rows": Out(stream.Signature(self.row_layout)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        desc, rows = self.desc, self.rows
+        dl = desc.payload.shape()
+
+        # Stage 1: the accepted descriptor and the span of its scratchpad rows.
+        q_valid = Signal()
+        q = Signal(dl)
+        q_span = Signal(ROWS_WIDTH + len(q.sram_stride))  # (rows - 1) · sram_stride
+        malformed = (q.rows == 0) | (q.row_bytes == 0)
+        out_of_range = (q.sram_addr + q_span + q.row_bytes) > self.sram_limit
+        code = Mux(malformed, ERR_MALFORMED, Mux(out_of_range, ERR_RANGE, ERR_OK))
+
+        # Stage 2: the row walker.
+        busy = Signal()
+        da = Signal.like(q.dram_addr)
+        sa = Signal.like(q.sram_addr)
+        n = Signal.like(q.row_bytes)
+        left = Signal(ROWS_WIDTH)
+        ds = Signal.like(q.dram_stride)
+        ss = Signal.like(q.sram_stride)
+        tag = Signal.like(q.tag)
+        err = Signal(ERR_WIDTH)
+
+        desc_last = Signal()
+        m.d.comb += desc_last.eq((left == 1) | (err != 0))
+        m.d.comb += [
+            rows.valid.eq(busy),
+            rows.payload.dram.eq(da),
+            rows.payload.sram.eq(sa),
+            rows.payload.n.eq(n),
+            rows.payload.desc_last.eq(desc_last),
+            rows.payload.tag.eq(tag),
+            rows.payload.err.eq(err),
+        ]
+        advance = rows.valid & rows.ready
+        take = q_valid & (~busy | (advance & desc_last))
+        m.d.comb += desc.ready.eq(~q_valid | take)
+
+        with m.If(desc.valid & desc.ready):
+            m.d.sync += [
+                q_valid.eq(1),
+                q.eq(desc.payload),
+                q_span.eq((desc.payload.rows - 1)[:ROWS_WIDTH] * desc.payload.sram_stride),
+            ]
+        with m.Elif(take):
+            m.d.sync += q_valid.eq(0)
+
+        with m.If(advance):
+            m.d.sync += [da.eq(da + ds), sa.eq(sa + ss), left.eq(left - 1)]
+            with m.If(desc_last):
+                m.d.sync += busy.eq(0)
+        with m.If(take):
+            m.d.sync += [
+                busy.eq(1), da.eq(q.dram_addr), sa.eq(q.sram_addr), n.eq(q.row_bytes),
+                left.eq(q.rows), ds.eq(q.dram_stride), ss.eq(q.sram_stride), tag.eq(q.tag),
+                err.eq(code),
+            ]
+        return m
+
+
+class _Realigner(wiring.Component):
+    """Byte realignment of one row after another, with destination byte masks.
+
+    Parameters
+    ----------
+    data_bytes : int
+        Beat width in bytes.
+    max_beats : int
+        Most beats a row can span, on either side.
+    word_width : int
+        Width of the destination word address.
+    tag_width : int
+        Width of the descriptor tag.
+
+    Members
+    -------
+    rows : In(stream.Signature(row_layout))
+        Per row: rotation ``s = (dst - src) mod data_bytes``; ``d`` = 1 when the destination's
+        first word needs the source's second beat (``dst % D < src % D``); ``nin`` source beats;
+        ``steps`` = destination words + ``d``; ``lo``/``hi``, the first byte lane of the first
+        destination word and the last byte lane of the last one; ``word``, the first destination
+        word; ``desc_last``, ``tag``; ``err`` nonzero for a rejected descriptor (no beats: one
+        output with that error and ``desc_last``).
+    i : In(stream.Signature({data, err}))
+        Source beats; ``err`` nonzero marks a beat that failed.
+    o : Out(stream.Signature({data, mask, word, row_last, desc_last, err, tag}))
+        Destination words (registered). ``err`` nonzero: the descriptor has failed up to here and
+        the word must not be written.
+    """
+
+    def __init__(self, *, data_bytes, max_beats, word_width, tag_width):
+        self.data_bytes = data_bytes
+        k = data_bytes.bit_length() - 1
+        self.row_layout = data.StructLayout({
+            "s": k, "d": 1, "nin": range(max_beats + 1), "steps": range(max_beats + 2),
+            "lo": k, "hi": k, "word": word_width, "desc_last": 1, "tag": tag_width,
+            "err": ERR_WIDTH,
+        })
+        super().__init__({
+            "rows": In(stream.Signature(self.row_layout)),
+            "i": In(stream.Signature(data.StructLayout({
+                "data": 8 * data_bytes, "err": ERR_WIDTH}))),
+            "o": Out(stream.Signature(data.StructLayout({
+                "data": 8 * data_bytes, "mask": data_bytes, "word": word_width, "row_last": 1,
+                "desc_last": 1, "err": ERR_WIDTH, "tag": tag_width}))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        D = self.data_bytes
+        rows, i, o = self.rows, self.i, self.o
+        row = rows.payload
+
+        t = Signal.like(row.steps)      # step within the row
+        prev = Signal(8 * D)            # previous source beat, already rotated
+        err_acc = Signal(ERR_WIDTH)     # first error of the current descriptor
+
+        reject, consume, produce, last, first, out_free = (
+            Signal(name=n) for n in ("reject", "consume", "produce", "last", "first", "out_free"))
+        m.d.comb += [
+            reject.eq(row.err != 0),
+            consume.eq(t < row.nin),
+            produce.eq(t >= row.d),
+            last.eq(t == row.steps - 1),
+            first.eq(t == row.d),
+            out_free.eq(~o.valid | o.ready),
+        ]
+        fire = rows.valid & Mux(reject, out_free,
+                                (~consume | i.valid) & (~produce | out_free))
+        m.d.comb += [
+            i.ready.eq(rows.valid & ~reject & consume & (~produce | out_free)),
+            rows.ready.eq(fire & (reject | last)),
+        ]
+
+        cur = Signal(8 * D)
+        m.d.comb += cur.eq(_rotate_bytes_left(m, i.payload.data, row.s, D, "cur"))
+        merged = Signal(8 * D)
+        mask = Signal(D)
+        lo = Signal.like(row.lo)
+        hi = Signal.like(row.hi)
+        m.d.comb += [lo.eq(Mux(first, row.lo, 0)), hi.eq(Mux(last, row.hi, D - 1))]
+        for lane in range(D):
+            byte = slice(8 * lane, 8 * lane + 8)
+            # Lanes below the rotation hold the previous beat's wrapped-around bytes. (The
+            # comparisons that are constant at lanes 0 and D-1 are left out: Verilator warns.)
+            from_prev = (row.s > lane) if lane < D - 1 else Const(0)
+            above_lo = (lo <= lane) if lane < D - 1 else Const(1)
+            below_hi = (hi >= lane) if lane > 0 else Const(1)
+            m.d.comb += [
+                merged[byte].eq(Mux(from_prev, prev[byte], cur[byte])),
+                mask[lane].eq(above_lo & below_hi),
+            ]
+        beat_err = Mux(consume, i.payload.err, ERR_OK)
+        err_now = Mux(err_acc != ERR_OK, err_acc, beat_err)
+
+        with m.If(o.ready):
+            m.d.sync += o.valid.eq(0)
+        with m.If(fire):
+            with m.If(reject):
+                m.d.sync += [
+                    o.valid.eq(1),
+                    o.payload.mask.eq(0),
+                    o.payload.row_last.eq(1),
+                    o.payload.desc_last.eq(1),
+                    o.payload.err.eq(row.err),
+                    o.payload.tag.eq(row.tag),
+                ]
+            with m.Else():
+                m.d.sync += [
+                    t.eq(Mux(last, 0, t + 1)),
+                    err_acc.eq(Mux(last & row.desc_last, ERR_OK, err_now)),
+                ]
+                with m.If(consume):
+                    m.d.sync += prev.eq(cur)
+                with m.If(produce):
+                    m.d.sync += [
+                        o.valid.eq(1),
+                        o.payload.data.eq(merged),
+                        o.payload.mask.eq(mask),
+                        o.payload.word.eq(row.word + t - row.d),
+                        o.payload.row_last.eq(last),
+                        o.payload.desc_last.eq(last & row.desc_last),
+                        o.payload.err.eq(err_now),
+                        o.payload.tag.eq(row.tag),
+                    ]
+        return m
+
+
+class DMA(wiring.Component):
+    """2D strided AXI4 ⇄ scratchpad DMA with independent load and store queues.
+
+    See the module documentation for the descriptor format, error codes and structure.
+
+    Parameters
+    ----------
+    data_bytes : int
+        AXI data width and scratchpad word width in bytes (8 to 64, a power of two).
+    addr_width : int
+        AXI address width (32 to 64).
+    id_width : int
+        AXI ID width (1 to 16); the DMA itself uses ID 0.
+    outstanding : int
+        AXI transactions allowed in flight per direction (1 to 256).
+    max_burst : int
+        Longest INCR burst in beats (1 to 256, a power of two).
+    sram_addr_width : int
+        Word address width of the scratchpad ports (1 to 32).
+    sram_words : int
+        Number of valid scratchpad words (1 to ``2**sram_addr_width``); descriptors touching a
+        byte at or beyond ``sram_words·data_bytes`` are rejected with ``ERR_RANGE``.
+    tag_width : int
+        Width of descriptor tags (1 to 32).
+
+    Members
+    -------
+    load : In(stream.Signature(descriptor_layout))
+        DRAM → scratchpad descriptors.
+    store : In(stream.Signature(descriptor_layout))
+        Scratchpad → DRAM descriptors.
+    load_done : Out(stream.Signature(done_layout))
+        One ``{tag, error}`` per load descriptor, in order.
+    store_done : Out(stream.Signature(done_layout))
+        One ``{tag, error}`` per store descriptor, in order.
+    sram_wr : Out(sram_port_signature(addr_width=sram_addr_width, data_bytes=data_bytes))
+        Scratchpad client port used by loads (byte-masked writes).
+    sram_rd : Out(sram_port_signature(addr_width=sram_addr_width, data_bytes=data_bytes))
+        Scratchpad client port used by stores (reads).
+    axi : Out(axi4_signature(addr_width=addr_width, data_bytes=data_bytes, id_width=id_width))
+        AXI4 manager port.
+    """
+
+    def __init__(self, *, data_bytes, addr_width, id_width, outstanding, max_burst,
+                 sram_addr_width, sram_words, tag_width):
+        _check_int("data_bytes", data_bytes, 8, 64, pow2=True)
+        _check_int("addr_width", addr_width, 32, 64)
+        _check_int("id_width", id_width, 1, 16)
+        _check_int("outstanding", outstanding, 1, 256)
+        _check_int("max_burst", max_burst, 1, 256, pow2=True)
+        _check_int("sram_addr_width", sram_addr_width, 1, 32)
+        _check_int("sram_words", sram_words, 1, 1 << sram_addr_width)
+        _check_int("tag_width", tag_width, 1, 32)
+        self.data_bytes, self.addr_width, self.id_width = data_bytes, addr_width, id_width
+        self.outstanding, self.max_burst = outstanding, max_burst
+        self.sram_addr_width, self.sram_words, self.tag_width = \
+            sram_addr_width, sram_words, tag_width
+        self.k = data_bytes.bit_length() - 1
+        self.descriptor_layout = self.make_descriptor_layout(
+            addr_width=addr_width, sram_addr_width=sram_addr_width, data_bytes=data_bytes,
+            tag_width=tag_width)
+        self.done_layout = self.make_done_layout(tag_width=tag_width)
+        port = sram_port_signature(addr_width=sram_addr_width, data_bytes=data_bytes)
+        super().__init__({
+            "load": In(stream.Signature(self.descriptor_layout)),
+            "store": In(stream.Signature(self.descriptor_layout)),
+            "load_done": Out(stream.Signature(self.done_layout)),
+            "store_done": Out(stream.Signature(self.done_layout)),
+            "sram_wr": Out(port),
+            "sram_rd": Out(port),
+            "axi": Out(axi4_signature(addr_width=addr_width, data_bytes=data_bytes,
+                                      id_width=id_width)),
+        })
+
+    @staticmethod
+    def make_descriptor_layout(*, addr_width, sram_addr_width, data_bytes, tag_width):
+        """The descriptor ``StructLayout`` (see the module documentation for the widths)."""
+        sram_byte_width = sram_addr_width + data_bytes.bit_length() - 1
+        return data.StructLayout({
+            "dram_addr": addr_width,
+            "sram_addr": sram_byte_width,
+            "rows": ROWS_WIDTH,
+            "row_bytes": max(16, sram_byte_width + 1),
+            "dram_stride": addr_width,
+            "sram_stride": sram_byte_width,
+            "tag": tag_width,
+        })
+
+    @staticmethod
+    def make_done_layout(*, tag_width):
+        """The completion ``StructLayout``: ``tag`` then the 3-bit ``error`` code."""
+        return data.StructLayout({"tag": tag_width, "error": ERR_WIDTH})
+
+    # Geometry of one row: the realigner's view, from source and destination byte addresses.
+    def _geometry(self, src, dst, n):
+        k, D = self.k, self.data_bytes
+        so, do = src[:k], dst[:k]
+        d = do < so
+        nout = (do + n + (D - 1)) >> k
+        return {
+            "s": (do - so)[:k],
+            "d": d,
+            "nin": (so + n + (D - 1)) >> k,
+            "nout": nout,
+            "steps": nout + d,
+            "lo": do,
+            "hi": (do + n - 1)[:k],
+        }
+
+    def _max_beats(self):
+        n_max = (1 << Shape.cast(self.descriptor_layout.members["row_bytes"]).width) - 1
+        return (n_max + 2 * (self.data_bytes - 1)) // self.data_bytes
+
+    def _bursts(self, m, name, head):
+        """Burst splitter over a row FIFO head ``{wa, beats}``.
+
+        Returns the register of beats already issued for the row (the caller advances it), and
+        the next burst's byte address, length in beats and whether it ends the row.
+        """
+        k, D, MB = self.k, self.data_bytes, self.max_burst
+        page_beats = 4096 // D
+        page_bits = page_beats.bit_length() - 1
+        issued = Signal.like(head.beats, name=f"{name}_issued")
+        cur = Signal.like(head.wa, name=f"{name}_cur")
+        left = Signal.like(head.beats, name=f"{name}_left")
+        blen = Signal(range(MB + 1), name=f"{name}_len")
+        m.d.comb += [
+            cur.eq(head.wa + issued),
+            left.eq(head.beats - issued),
+            blen.eq(_min(_min(left, page_beats - cur[:page_bits]), MB)),
+        ]
+        return issued, Cat(Const(0, k), cur), blen, blen == left
+
+    def elaborate(self, platform):
+        m = Module()
+        axi = self.axi
+        for ch in ("aw", "ar"):
+            m.d.comb += [
+                getattr(axi, f"{ch}id").eq(0),
+                getattr(axi, f"{ch}size").eq(self.k),
+                getattr(axi, f"{ch}burst").eq(BURST_INCR),
+                getattr(axi, f"{ch}cache").eq(_AXCACHE),
+            ]
+        self._elaborate_load(m)
+        self._elaborate_store(m)
+        return m
+
+    def _elaborate_load(self, m):
+        k, O = self.k, self.outstanding
+        axi = self.axi
+        max_beats = self._max_beats()
+        sram_limit = self.sram_words * self.data_bytes
+
+        front = m.submodules.load_front = _Front(desc_layout=self.descriptor_layout,
+                                                 sram_limit=sram_limit)
+        wiring.connect(m, wiring.flipped(self.load), front.desc)
+        realign = m.submodules.load_realign = _Realigner(
+            data_bytes=self.data_bytes, max_beats=max_beats, word_width=self.sram_addr_width,
+            tag_width=self.tag_width)
+        burst_layout = data.StructLayout({"wa": self.addr_width - k,
+                                          "beats": range(max_beats + 1)})
+
+        # Fork each row to the realigner (rows waiting for data) and the AR splitter.
+        rfifo = m.submodules.load_rows = SyncFIFOBuffered(
+            width=realign.row_layout.size, depth=O + 4)
+        afifo = m.submodules.load_ar_rows = SyncFIFOBuffered(width=burst_layout.size, depth=4)
+        row = front.rows.payload
+        reject = row.err != 0
+        geo = self._geometry(row.dram, row.sram, row.n)
+        rentry = Signal(realign.row_layout)
+        aentry = Signal(burst_layout)
+        m.d.comb += [
+            rentry.s.eq(geo["s"]), rentry.d.eq(geo["d"]), rentry.nin.eq(geo["nin"]),
+            rentry.steps.eq(geo["steps"]), rentry.lo.eq(geo["lo"]), rentry.hi.eq(geo["hi"]),
+            rentry.word.eq(row.sram[k:]), rentry.desc_last.eq(row.desc_last),
+            rentry.tag.eq(row.tag), rentry.err.eq(row.err),
+            aentry.wa.eq(row.dram[k:]), aentry.beats.eq(geo["nin"]),
+            front.rows.ready.eq(rfifo.w_rdy & afifo.w_rdy),
+            rfifo.w_en.eq(front.rows.valid & front.rows.ready),
+            rfifo.w_data.eq(rentry),
+            afifo.w_en.eq(front.rows.valid & front.rows.ready & ~reject),
+            afifo.w_data.eq(aentry),
+        ]
+
+        # AR: bursts while fewer than `outstanding` reads are in flight.
+        ahead = data.View(burst_layout, afifo.r_data)
+        issued, addr, blen, last_burst = self._bursts(m, "ar", ahead)
+        inflight = Signal(range(O + 1))
+        ar_fire = axi.arvalid & axi.arready
+        r_done = axi.rvalid & axi.rready & axi.rlast
+        m.d.comb += [
+            axi.arvalid.eq(afifo.r_rdy & (inflight != O)),
+            axi.araddr.eq(addr),
+            axi.arlen.eq(blen - 1),
+            afifo.r_en.eq(ar_fire & last_burst),
+        ]
+        with m.If(ar_fire):
+            m.d.sync += issued.eq(Mux(last_burst, 0, issued + blen))
+        m.d.sync += inflight.eq(inflight + ar_fire - r_done)
+
+        # R → realigner → scratchpad writes; the last word of a descriptor completes it.
+        m.d.comb += [
+            realign.rows.valid.eq(rfifo.r_rdy),
+            realign.rows.payload.eq(rfifo.r_data),
+            rfifo.r_en.eq(realign.rows.ready),
+            realign.i.valid.eq(axi.rvalid),
+            realign.i.payload.data.eq(axi.rdata),
+            realign.i.payload.err.eq(_resp_error(axi.rresp)),
+            axi.rready.eq(realign.i.ready),
+        ]
+        done = m.submodules.load_done_fifo = SyncFIFOBuffered(width=self.done_layout.size,
+                                                              depth=4)
+        o = realign.o
+        write = o.payload.err == ERR_OK
+        done_ok = ~o.payload.desc_last | done.w_rdy
+        req = self.sram_wr.req
+        m.d.comb += [
+            req.valid.eq(o.valid & write & done_ok),
+            req.payload.addr.eq(o.payload.word),
+            req.payload.we.eq(1),
+            req.payload.wdata.eq(o.payload.data),
+            req.payload.wmask.eq(o.payload.mask),
+            o.ready.eq((~write | req.ready) & done_ok),
+            done.w_en.eq(o.valid & o.ready & o.payload.desc_last),
+            done.w_data.eq(Cat(o.payload.tag, o.payload.err)),
+            self.load_done.valid.eq(done.r_rdy),
+            self.load_done.payload.eq(done.r_data),
+            done.r_en.eq(self.load_done.ready),
+        ]
+
+    def _elaborate_store(self, m):
+        k, O, MB, D = self.k, self.outstanding, self.max_burst, self.data_bytes
+        axi = self.axi
+        max_beats = self._max_beats()
+        sram_limit = self.sram_words * D
+        page_bits = (4096 // D).bit_length() - 1
+
+        front = m.submodules.store_front = _Front(desc_layout=self.descriptor_layout,
+                                                  sram_limit=sram_limit)
+        wiring.connect(m, wiring.flipped(self.store), front.desc)
+        realign = m.submodules.store_realign = _Realigner(
+            data_bytes=D, max_beats=max_beats, word_width=self.addr_width - k,
+            tag_width=self.tag_width)
+        burst_layout = data.StructLayout({
+            "wa": self.addr_width - k, "beats": range(max_beats + 1), "desc_last": 1,
+            "tag": self.tag_width, "err": ERR_WIDTH})
+        read_layout = data.StructLayout({"word": self.sram_addr_width,
+                                         "count": range(max_beats + 1)})
+        b_layout = data.StructLayout({"desc_last": 1, "tag": self.tag_width, "err": ERR_WIDTH})
+
+        # Fork each row to the AW splitter, the scratchpad reader and the realigner. A rejected
+        # descriptor only goes to the AW splitter, which hands it to the B tracker.
+        afifo = m.submodules.store_aw_rows = SyncFIFOBuffered(width=burst_layout.size, depth=4)
+        sfifo = m.submodules.store_rd_rows = SyncFIFOBuffered(width=read_layout.size, depth=4)
+        # Rows wait here from the walker until their last W beat: about 6 cycles when the data
+        # flows, so 8 entries keep one-beat rows at one per cycle.
+        rfifo = m.submodules.store_rows = SyncFIFOBuffered(width=realign.row_layout.size,
+                                                           depth=8)
+        row = front.rows.payload
+        reject = row.err != 0
+        geo = self._geometry(row.sram, row.dram, row.n)
+        aentry = Signal(burst_layout)
+        sentry = Signal(read_layout)
+        rentry = Signal(realign.row_layout)
+        push = front.rows.valid & front.rows.ready
+        m.d.comb += [
+            aentry.wa.eq(row.dram[k:]), aentry.beats.eq(geo["nout"]),
+            aentry.desc_last.eq(row.desc_last), aentry.tag.eq(row.tag), aentry.err.eq(row.err),
+            sentry.word.eq(row.sram[k:]), sentry.count.eq(geo["nin"]),
+            rentry.s.eq(geo["s"]), rentry.d.eq(geo["d"]), rentry.nin.eq(geo["nin"]),
+            rentry.steps.eq(geo["steps"]), rentry.lo.eq(geo["lo"]), rentry.hi.eq(geo["hi"]),
+            rentry.word.eq(row.dram[k:]), rentry.desc_last.eq(row.desc_last),
+            rentry.tag.eq(row.tag), rentry.err.eq(ERR_OK),
+            front.rows.ready.eq(afifo.w_rdy & sfifo.w_rdy & rfifo.w_rdy),
+            afifo.w_en.eq(push), afifo.w_data.eq(aentry),
+            sfifo.w_en.eq(push & ~reject), sfifo.w_data.eq(sentry),
+            rfifo.w_en.eq(push & ~reject), rfifo.w_data.eq(rentry),
+        ]
+
+        # AW: one B-tracker entry per burst; the tracker's depth is the outstanding limit.
+        bfifo = m.submodules.store_b = SyncFIFOBuffered(width=b_layout.size, depth=O)
+        ahead = data.View(burst_layout, afifo.r_data)
+        a_reject = ahead.err != 0
+        issued, addr, blen, last_burst = self._bursts(m, "aw", ahead)
+        aw_fire = axi.awvalid & axi.awready
+        bentry = Signal(b_layout)
+        m.d.comb += [
+            axi.awvalid.eq(afifo.r_rdy & ~a_reject & bfifo.w_rdy),
+            axi.awaddr.eq(addr),
+            axi.awlen.eq(blen - 1),
+            bentry.desc_last.eq(a_reject | (ahead.desc_last & last_burst)),
+            bentry.tag.eq(ahead.tag),
+            bentry.err.eq(ahead.err),
+            bfifo.w_data.eq(bentry),
+        ]
+        with m.If(afifo.r_rdy & a_reject & bfifo.w_rdy):
+            m.d.comb += [bfifo.w_en.eq(1), afifo.r_en.eq(1)]
+        with m.If(aw_fire):
+            m.d.comb += [bfifo.w_en.eq(1), afifo.r_en.eq(last_burst)]
+            m.d.sync += issued.eq(Mux(last_burst, 0, issued + blen))
+
+        # Scratchpad reads, only with room for their data in the read buffer.
+        dfifo = m.submodules.store_data = SyncFIFO(width=8 * D, depth=_STORE_READ_BUFFER)
+        shead = data.View(read_layout, sfifo.r_data)
+        rissued = Signal.like(shead.count)
+        pending = Signal(range(_STORE_READ_BUFFER + 1))
+        rd = self.sram_rd
+        rd_fire = rd.req.valid & rd.req.ready
+        m.d.comb += [
+            rd.req.valid.eq(sfifo.r_rdy & (pending + dfifo.level < _STORE_READ_BUFFER)),
+            rd.req.payload.addr.eq(shead.word + rissued),
+            rd.req.payload.we.eq(0),
+            sfifo.r_en.eq(rd_fire & (rissued == shead.count - 1)),
+            dfifo.w_en.eq(rd.rsp.valid),
+            dfifo.w_data.eq(rd.rsp.data),
+        ]
+        with m.If(rd_fire):
+            m.d.sync += rissued.eq(Mux(rissued == shead.count - 1, 0, rissued + 1))
+        m.d.sync += pending.eq(pending + rd_fire - rd.rsp.valid)
+
+        # Read data → realigner → W, one beat per cycle, never ahead of its AW.
+        aw_ahead = Signal(range(O + 1))   # bursts whose AW is out and whose W is not complete
+        bcount = Signal(range(max(MB, 2)))  # beats sent of the current W burst
+        o = realign.o
+        can_w = aw_ahead != 0
+        wlast = Signal()
+        m.d.comb += [
+            realign.rows.valid.eq(rfifo.r_rdy),
+            realign.rows.payload.eq(rfifo.r_data),
+            rfifo.r_en.eq(realign.rows.ready),
+            realign.i.valid.eq(dfifo.r_rdy),
+            realign.i.payload.data.eq(dfifo.r_data),
+            realign.i.payload.err.eq(ERR_OK),
+            dfifo.r_en.eq(realign.i.ready),
+            wlast.eq(o.payload.row_last | (o.payload.word[:page_bits] == (1 << page_bits) - 1)
+                     | (bcount == MB - 1)),
+            axi.wvalid.eq(o.valid & can_w),
+            axi.wdata.eq(o.payload.data),
+            axi.wstrb.eq(o.payload.mask),
+            axi.wlast.eq(wlast),
+            o.ready.eq(axi.wready & can_w),
+        ]
+        w_fire = axi.wvalid & axi.wready
+        with m.If(w_fire):
+            m.d.sync += bcount.eq(Mux(wlast, 0, bcount + 1))
+        m.d.sync += aw_ahead.eq(aw_ahead + aw_fire - (w_fire & wlast))
+
+        # B tracker: pops one entry per B (or per rejected descriptor) and completes the
+        # descriptor on its last burst with its first error.
+        done = m.submodules.store_done_fifo = SyncFIFOBuffered(width=self.done_layout.size,
+                                                               depth=4)
+        bhead = data.View(b_layout, bfifo.r_data)
+        b_reject = bhead.err != 0
+        err_acc = Signal(ERR_WIDTH)
+        resp = _resp_error(axi.bresp)
+        err_now = Mux(err_acc != ERR_OK, err_acc, resp)
+        done_ok = ~bhead.desc_last | done.w_rdy
+        pop = bfifo.r_rdy & done_ok & (b_reject | axi.bvalid)
+        m.d.comb += [
+            axi.bready.eq(bfifo.r_rdy & ~b_reject & done_ok),
+            bfifo.r_en.eq(pop),
+            done.w_en.eq(pop & bhead.desc_last),
+            done.w_data.eq(Cat(bhead.tag, Mux(b_reject, bhead.err, err_now))),
+            self.store_done.valid.eq(done.r_rdy),
+            self.store_done.payload.eq(done.r_data),
+            done.r_en.eq(self.store_done.ready),
+        ]
+        with m.If(pop & ~b_reject):
+            m.d.sync += err_acc.eq(Mux(bhead.desc_last, ERR_OK, err_now))
