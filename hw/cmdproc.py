@@ -229,7 +229,7 @@ class CommandProcessor(wiring.Component):
             completes = eng.done.valid & track.r_rdy
             m.d.comb += track.r_en.eq(completes)
             for s in range(N_SEMS):
-                m.d.comb += inc[q][s].eq(completes & (signal == s)
+                m.d.comb += inc[q][s].eq((completes & (signal == s))
                                          + (completes & (signal2 == s)))
             with m.If(completes):
                 m.d.sync += self.completed[q].eq(self.completed[q] + 1)

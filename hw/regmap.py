@@ -43,23 +43,25 @@ class Reg:
     host: str
     fw: str
     doc: str
-    reset: int = 0
+    #: Value after reset; None where it depends on the configuration.
+    reset: "int | None" = 0
 
 
 def _regs():
     regs = [
         Reg("ID", 0x000, "r", "r", f"{ID_VALUE:#010x} ('EMBR')", ID_VALUE),
         Reg("VERSION", 0x004, "r", "r", "register-map version, major.minor in 16.16", VERSION),
-        Reg("HW_PE", 0x008, "r", "r", "PE array: rows [7:0], cols [15:8], lanes [31:16]"),
+        Reg("HW_PE", 0x008, "r", "r", "PE array: rows [7:0], cols [15:8], lanes [31:16]",
+            None),
         Reg("HW_MEM", 0x00C, "r", "r",
-            "bus bytes [7:0], log2 banks [15:8], log2 bank depth [23:16]"),
+            "bus bytes [7:0], log2 banks [15:8], log2 bank depth [23:16]", None),
         Reg("CTRL", 0x010, "rw", "r",
             "bit 0 CPU_RESET: hold the control core in reset (1 after reset); "
             "bit 1 SOFT_RESET: write 1 to reset the engines, queues, semaphores and errors "
             "(reads 0)", 1),
         Reg("STATUS", 0x014, "r", "r",
             "bit 0 BUSY (a queue holds commands), bit 1 ERROR (sticky error held), "
-            "bit 2 CPU_RESET"),
+            "bit 2 CPU_RESET", 0x4),
         Reg("DOORBELL", 0x018, "w", "r",
             "host: any write rings (adds 1); firmware: the number of rings so far"),
         Reg("MAILBOX", 0x01C, "rw", "r", "host → firmware word, e.g. a job pointer in DRAM"),
@@ -148,8 +150,9 @@ def markdown():
     rows = ["| offset | name | host | firmware | reset | description |",
             "|---|---|---|---|---|---|"]
     for r in REGS:
-        rows.append(f"| `{r.offset:#05x}` | `{r.name}` | {r.host} | {r.fw} | "
-                    f"`{r.reset:#x}` | {r.doc} |")
+        reset = "config" if r.reset is None else f"`{r.reset:#x}`"
+        rows.append(f"| `{r.offset:#05x}` | `{r.name}` | {r.host} | {r.fw} | {reset} | "
+                    f"{r.doc} |")
     rows.append(f"| `{IMEM_WINDOW:#06x}` | IMEM window | w | - | | firmware image, while "
                 f"`CTRL.CPU_RESET` is 1 |")
     return "\n".join(rows)

@@ -158,7 +158,7 @@ class Registers(wiring.Component):
                         continue
                     with m.Case(reg.offset):
                         m.d.comb += hit.eq(1)
-                        if "r" in rights and reg.name in readable_side:
+                        if ("r" in rights or rights == "w1c") and reg.name in readable_side:
                             m.d.comb += rdata.eq(readable_side[reg.name])
                         if "w" in rights:
                             with m.If(write):

@@ -32,11 +32,14 @@ Scratchpad ports: 0 DMA write (loads), 1 DMA read (stores), 2 GEMM A, 3 GEMM B, 
 
 ``CTRL.SOFT_RESET`` clears the command processor and resets the GEMM engine and the scratchpad's
 arbiters (the scratchpad keeps its contents). The DMA is not reset, because AXI gives no way to
-abandon transactions in flight. It finishes what it holds, and the command processor discards
-those completions.
+abandon transactions in flight. It finishes the descriptors it already holds (they complete in
+order, before anything issued after the reset), and their completions are discarded.
+
+Argument words wider than their descriptor fields (e.g. a scratchpad address beyond the
+scratchpad) make the DMA command malformed (engine error 4) rather than wrapping.
 """
 
-from amaranth.hdl import Module, ResetInserter, Signal
+from amaranth.hdl import Module, Mux, ResetInserter, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -136,23 +139,45 @@ class Ember(wiring.Component):
             regs.cp_error_queue.eq(cp.error_queue),
         ]
 
-        # Command processor → DMA (queues 0 and 1): argument words to descriptor fields.
+        # Command processor → DMA (queues 0 and 1): argument words to descriptor fields. A word
+        # with bits set beyond its field would wrap into a different, valid transfer; such a
+        # command is passed on with rows = 0, which the DMA refuses as malformed (error 4).
+        # The DMA is not reset by SOFT_RESET: what it holds then still completes, and those
+        # completions ("stale") are swallowed here instead of reaching the command processor,
+        # where they would be taken for completions of commands issued after the reset.
         for q, (cmd_in, done_out) in enumerate(((dma.load, dma.load_done),
                                                 (dma.store, dma.store_done))):
             eng = cp.engines[q]
             args = eng.cmd.payload.args
+            desc = cmd_in.payload
+            too_wide = Signal(name=f"dma{q}_too_wide")
+            fields = ((desc.sram_addr, args[1]), (desc.rows, args[2]),
+                      (desc.row_bytes, args[3]), (desc.sram_stride, args[5]))
+            for field, word in fields:
+                if len(field) < 32:
+                    with m.If(word[len(field):].any()):
+                        m.d.comb += too_wide.eq(1)
+            inflight = Signal(16, name=f"dma{q}_inflight")
+            stale = Signal(16, name=f"dma{q}_stale")
+            issued = cmd_in.valid & cmd_in.ready
+            completed = done_out.valid & done_out.ready
+            m.d.sync += inflight.eq(inflight + issued - completed)
+            with m.If(regs.soft_reset):
+                m.d.sync += stale.eq(inflight + issued - completed)
+            with m.Elif(completed & (stale != 0)):
+                m.d.sync += stale.eq(stale - 1)
             m.d.comb += [
                 cmd_in.valid.eq(eng.cmd.valid),
                 eng.cmd.ready.eq(cmd_in.ready),
-                cmd_in.payload.dram_addr.eq(args[0]),
-                cmd_in.payload.sram_addr.eq(args[1]),
-                cmd_in.payload.rows.eq(args[2]),
-                cmd_in.payload.row_bytes.eq(args[3]),
-                cmd_in.payload.dram_stride.eq(args[4]),
-                cmd_in.payload.sram_stride.eq(args[5]),
-                cmd_in.payload.tag.eq(eng.cmd.payload.header.id),
-                eng.done.valid.eq(done_out.valid),
-                done_out.ready.eq(eng.done.ready),
+                desc.dram_addr.eq(args[0]),
+                desc.sram_addr.eq(args[1]),
+                desc.rows.eq(Mux(too_wide, 0, args[2])),
+                desc.row_bytes.eq(args[3]),
+                desc.dram_stride.eq(args[4]),
+                desc.sram_stride.eq(args[5]),
+                desc.tag.eq(eng.cmd.payload.header.id),
+                eng.done.valid.eq(done_out.valid & (stale == 0)),
+                done_out.ready.eq(eng.done.ready | (stale != 0)),
                 eng.done.payload.tag.eq(done_out.payload.tag),
                 eng.done.payload.error.eq(done_out.payload.error),
             ]

@@ -6,6 +6,8 @@ presets            list the presets
 verilog            elaborate a preset to build/ember_<preset>.v (with build/VexRiscv.v beside it)
 lint               Verilator lint of that file, with the documented waivers
 regmap             print the register map (Markdown) or write fw/ember_regs.h (--c)
+gemm               run one GEMM on the simulated accelerator (``sim.device.Device``); the last
+                   line of output is a JSON object (ok, cycles, macs, utilization, ...)
 """
 
 import argparse
@@ -109,6 +111,102 @@ def cmd_regmap(args):
         print(regmap.markdown())
 
 
+def _load_npy(option, path):
+    import numpy as np
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: {option} {path}: {e}")
+
+
+def _gemm_inputs(args):
+    """(a, b, params) from .npy files or generated from --m/--k/--n/--seed."""
+    import numpy as np
+    files = args.a is not None or args.b is not None
+    sizes = [args.m, args.k, args.n]
+    if files and any(v is not None for v in sizes):
+        raise SystemExit("error: give either --a and --b, or --m, --k and --n, not both")
+    if files:
+        if args.a is None or args.b is None:
+            raise SystemExit("error: --a and --b must be given together")
+        a, b = _load_npy("--a", args.a), _load_npy("--b", args.b)
+    else:
+        if any(v is None for v in sizes):
+            raise SystemExit("error: give --a and --b, or all of --m, --k and --n")
+        for name, v in zip(("--m", "--k", "--n"), sizes):
+            if v < 1:
+                raise SystemExit(f"error: {name} must be at least 1, not {v}")
+        rng = np.random.default_rng(args.seed)
+        a = rng.integers(-128, 128, (args.m, args.k), dtype=np.int8)
+        b = rng.integers(-128, 128, (args.k, args.n), dtype=np.int8)
+    params = {name: _load_npy(f"--{name}", path) for name, path in
+              (("bias", args.bias), ("multiplier", args.multiplier), ("shift", args.shift))
+              if path is not None}
+    return a, b, params
+
+
+def cmd_gemm(args):
+    import numpy as np
+    from sim.device import Device, EmberHardwareError, EmberSimulationError, EmberTimeout
+    from sim.golden import ref_matmul
+    from sim.golden_requant import ref_bias_add, ref_requant
+    cfg = _config(args.config)
+    a, b, params = _gemm_inputs(args)
+    scalars = {k: getattr(args, k) for k in ("zero_point", "act_min", "act_max")
+               if getattr(args, k) is not None}
+    try:
+        dev = Device(cfg)
+        dev.check_gemm_args(a, b, **params, **scalars)
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"error: {e}")
+    print(f"ember {cfg.name}: GEMM {a.shape[0]}x{a.shape[1]}x{b.shape[1]} "
+          f"({'INT8' if 'multiplier' in params else 'INT32'} output)", flush=True)
+    try:
+        c = dev.gemm(a, b, **params, **scalars)
+    except EmberHardwareError as e:
+        raise SystemExit(f"error: {e}")
+    except (EmberTimeout, EmberSimulationError) as e:
+        raise SystemExit(f"error: simulation failed: {str(e).splitlines()[0]}")
+    acc = ref_matmul(a, b)
+    bias = params.get("bias", np.zeros(b.shape[1], np.int32))
+    if "multiplier" in params:
+        golden = ref_requant(acc, bias, params["multiplier"], params["shift"], **scalars)
+    else:
+        golden = ref_bias_add(acc, bias)
+    bad = np.argwhere(c != golden)
+    if args.out:
+        try:
+            np.save(args.out, c)
+        except OSError as e:
+            raise SystemExit(f"error: --out {args.out}: {e}")
+    s = dev.last_stats
+    report = {"ok": not len(bad), "config": cfg.name, "m": s["m"], "k": s["k"], "n": s["n"],
+              "output": s["output"], "cycles": s["cycles"], "macs": s["macs"],
+              "peak_macs_per_cycle": s["peak_macs_per_cycle"],
+              "utilization": round(s["utilization"], 4), "array_steps": s["array_steps"],
+              "array_utilization": round(s["array_utilization"], 4),
+              "engines": s["engines"], "jobs": s["plan"]["jobs"],
+              "commands": sum(s["plan"]["commands"]), "mismatches": int(len(bad)),
+              "out": args.out, "sim_seconds": s["sim_seconds"]}
+    print(f"{s['cycles']} cycles, {s['macs']} MACs, utilisation {s['utilization']:.3f} of "
+          f"{s['peak_macs_per_cycle']} MACs/cycle; {report['commands']} commands in "
+          f"{report['jobs']} jobs; golden model: {'match' if report['ok'] else 'MISMATCH'}")
+    print(json.dumps(report), flush=True)
+    if len(bad):
+        i, j = bad[0]
+        raise SystemExit(f"error: result differs from the golden model at {len(bad)} of "
+                         f"{c.size} elements, first at [{i}, {j}]: got {c[i, j]}, expected "
+                         f"{golden[i, j]}")
+
+
+def _one_line_errors(parser):
+    """Make ``parser`` report usage errors on one line (exit status 2)."""
+    def error(message):
+        parser.exit(2, f"error: {parser.prog}: {message}\n")
+    parser.error = error
+    return parser
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m sim", description="Ember command line")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -124,6 +222,27 @@ def main(argv=None):
     p = sub.add_parser("regmap", help="print the register map or write fw/ember_regs.h")
     p.add_argument("--c", action="store_true", help="write fw/ember_regs.h")
     p.set_defaults(func=cmd_regmap)
+    p = _one_line_errors(sub.add_parser(
+        "gemm", help="run a GEMM on the simulated accelerator and check it",
+        description="Run C = A·B (INT8 operands) on the Verilator model of the whole "
+                    "accelerator, driven from the host port, and compare with the golden model. "
+                    "The last line of output is a JSON object."))
+    p.add_argument("--config", default="tiny", help="preset name (default: tiny)")
+    p.add_argument("--a", metavar="A.npy", help="int8 M×K matrix")
+    p.add_argument("--b", metavar="B.npy", help="int8 K×N matrix")
+    p.add_argument("--out", metavar="C.npy", help="write the result here")
+    p.add_argument("--m", type=int, help="generate A and B: rows of A")
+    p.add_argument("--k", type=int, help="generate A and B: columns of A / rows of B")
+    p.add_argument("--n", type=int, help="generate A and B: columns of B")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated inputs")
+    p.add_argument("--bias", metavar="BIAS.npy", help="int32 bias, one per column of B")
+    p.add_argument("--multiplier", metavar="M.npy",
+                   help="int32 requantisation multipliers (with --shift: INT8 output)")
+    p.add_argument("--shift", metavar="S.npy", help="int32 requantisation shifts in [-31, 31]")
+    p.add_argument("--zero-point", type=int, help="INT8 output zero point")
+    p.add_argument("--act-min", type=int, help="INT8 output clamp, lower bound")
+    p.add_argument("--act-max", type=int, help="INT8 output clamp, upper bound")
+    p.set_defaults(func=cmd_gemm)
     args = parser.parse_args(argv)
     args.func(args)
 

@@ -1,0 +1,86 @@
+"""cocotb test that runs one job of :class:`sim.device.Device` on the Verilator model of the top.
+
+``EMBER_JOB_DIR`` holds ``job.json`` (the spec: kind, output-stage scalars, DRAM size, seed,
+optional ``prelude`` commands) and the operands as ``.npy`` files (``a``, ``b`` and, when given,
+``bias``, ``multiplier``, ``shift``). The job runs through the top-level testbench's host path
+(:func:`sim.tb_top.gemm_job`: packed operands in DRAM, the command plan pushed through the host
+registers, the whole DRAM outside C checked afterwards) and writes:
+
+- ``c.npy``: the result read back from DRAM;
+- ``result.json``: ``status`` (``ok``, ``hardware_error``, ``timeout`` or ``error``), and for
+  ``ok`` the counters and plan summary; for ``hardware_error`` the code, command id and queue.
+
+``result.json`` is written whatever happens. A hardware-reported error is a result, not a test
+failure; a timeout or any other exception also fails the cocotb test.
+"""
+
+import json
+import os
+import time
+import traceback
+from pathlib import Path
+
+import cocotb
+import numpy as np
+
+from sim import host as H
+from sim.tb_top import TB, gemm_job
+
+
+def _load(job_dir, name):
+    path = job_dir / f"{name}.npy"
+    return np.load(path, allow_pickle=False) if path.exists() else None
+
+
+@cocotb.test()
+async def job(dut):
+    """Run the job in ``EMBER_JOB_DIR``."""
+    job_dir = Path(os.environ["EMBER_JOB_DIR"])
+    result = {"status": "error", "message": "the job did not start"}
+    t0 = time.monotonic()
+    try:
+        spec = json.loads((job_dir / "job.json").read_text())
+        if spec.get("kind") != "gemm":
+            raise ValueError(f"unknown job kind {spec.get('kind')!r}")
+        a, b = _load(job_dir, "a"), _load(job_dir, "b")
+        tb = TB(dut, dram_size=spec["dram_size"], seed=spec.get("seed", 0))
+        await tb.reset()
+        tb.fill_dram_random()
+        prelude = [H.Command(c["queue"], tuple(c["words"]), "prelude")
+                   for c in spec.get("prelude", [])]
+        try:
+            out = await gemm_job(tb, a, b, bias=_load(job_dir, "bias"),
+                                 multiplier=_load(job_dir, "multiplier"),
+                                 shift=_load(job_dir, "shift"), zero_point=spec["zero_point"],
+                                 act_min=spec["act_min"], act_max=spec["act_max"],
+                                 golden=False, prelude=prelude,
+                                 timeout=spec.get("timeout", 1_000_000))
+        except H.EmberHardwareError as e:
+            result = {"status": "hardware_error", "code": e.code, "id": e.cmd_id,
+                      "queue": e.queue, "message": str(e)}
+            return
+        except H.EmberTimeout as e:
+            result = {"status": "timeout", "message": str(e)}
+            raise
+        np.save(job_dir / "c.npy", out["c"])
+        plan = out["plan"]
+        result = {
+            "status": "ok",
+            "perf": out["perf"],
+            "host_cycles": out["host_cycles"],
+            "plan": {"m_tiles": plan.m_tiles, "n_tiles": plan.n_tiles, "steps": plan.steps,
+                     "mb": plan.mb, "nb": plan.nb, "jobs": len(plan.jobs),
+                     "inner": plan.inner, "array_steps": plan.array_steps,
+                     "commands": [plan.count(q) for q in range(3)],
+                     "dram_read_bytes": plan.dram_read_bytes,
+                     "dram_write_bytes": plan.dram_write_bytes},
+            "register_pushes": tb.driver.pushes,
+        }
+    except BaseException as e:
+        if result.get("status") not in ("timeout",):
+            result = {"status": "error", "message": f"{type(e).__name__}: {e}",
+                      "traceback": traceback.format_exc()}
+        raise
+    finally:
+        result["wall_seconds"] = round(time.monotonic() - t0, 3)
+        (job_dir / "result.json").write_text(json.dumps(result, indent=1))

@@ -1,0 +1,877 @@
+"""cocotb testbench for the Ember top level (``hw/top.py``), driven from the host port.
+
+The DUT is ``build_top(cfg)`` with VexRiscv beside it (``tests/test_top.py``). The testbench is
+the host: an AXI4-Lite master on ``host__*`` (``cocotbext.axi.AxiLiteMaster``) and a DRAM model on
+``axi__*`` (``cocotbext.axi.AxiRam`` over a flat ``bytearray``, with optional pause generators on
+all five channels). It runs GEMMs the way a host without firmware does ("bring-up" path): it
+writes the packed operands into DRAM, pushes the command list of :func:`sim.host.plan_gemm`
+through ``CMD0..7``/``CMD_PUSH`` (paced so that no queue overflows), waits until the queues
+drain, and then compares the *whole* DRAM with the expected image (C from ``sim.golden`` and
+``sim.golden_requant``, every other byte as it was).
+
+:class:`TB` and :func:`gemm_job` are also used by ``sim/tb_job.py`` (the runtime's job runner).
+Random tests log their seed; set ``EMBER_SEED`` to replay one.
+"""
+
+import itertools
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import cocotb
+import numpy as np
+from cocotb.clock import Clock
+from cocotb.triggers import ClockCycles, with_timeout
+from cocotb.utils import get_sim_time
+from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam, AxiResp
+
+from hw import regmap
+from hw.config import EmberConfig
+from sim import host as H
+from sim.golden import ref_matmul
+from sim.golden_requant import ref_bias_add, ref_requant
+from sim.layout import pack_a, pack_b
+
+PERIOD_NS = 10
+MASK32 = (1 << 32) - 1
+
+# cocotbext-axi 0.1.28 passes completions through cocotb's deprecated ``Event.data``.
+warnings.filterwarnings("ignore", message="The data field will be removed",
+                        category=DeprecationWarning)
+
+
+def _seed():
+    if "EMBER_SEED" in os.environ:
+        return int(os.environ["EMBER_SEED"])
+    return int(cocotb.RANDOM_SEED)
+
+
+#: DRAM pause patterns (True = pause) per channel, by backpressure level: "on" stalls every
+#: channel now and then; "slow" makes reads and write responses several times slower than the
+#: bus, so that loads and stores take longer than the host needs to push the commands that
+#: depend on them (the semaphores, not the host's pace, must then keep the order).
+BACKPRESSURE = {
+    "on": {"aw": [False, False, True], "w": [False, True, False, False, True],
+           "b": [True, False, False, True], "ar": [False, True, True],
+           "r": [False, False, False, True, False, True]},
+    "slow": {"aw": [False, True], "w": [False, True, True],
+             "b": [True] * 12 + [False], "ar": [True] * 6 + [False],
+             "r": [True] * 5 + [False]},
+}
+
+
+class HostPort(H.RegisterBus):
+    """:class:`sim.host.RegisterBus` on the AXI4-Lite master: reads return the word or raise
+    :class:`sim.host.BusError` on SLVERR; writes are posted and checked at ``flush``."""
+
+    PRUNE = 64
+
+    def __init__(self, tb):
+        self.tb = tb
+        self.master = tb.host
+        self.posted = []
+        self.reads = self.writes = 0
+
+    async def read(self, offset):
+        self.reads += 1
+        value, resp = await self.tb.read_raw(offset)
+        if resp != AxiResp.OKAY:
+            raise H.BusError(f"read of {offset:#06x} answered {resp!r}")
+        return value
+
+    def post(self, offset, value):
+        self.writes += 1
+        event = self.master.init_write(offset, (value & MASK32).to_bytes(4, "little"))
+        self.posted.append((offset, event))
+        if len(self.posted) >= self.PRUNE:
+            self._check_done()
+
+    def _check_done(self):
+        while self.posted and self.posted[0][1].is_set():
+            offset, event = self.posted.pop(0)
+            resp = event.data.resp
+            if resp != AxiResp.OKAY:
+                raise H.BusError(f"write of {offset:#06x} answered {resp!r}")
+
+    async def flush(self):
+        if self.posted:
+            await self.posted[-1][1].wait()      # writes complete in order
+        self._check_done()
+        assert not self.posted
+
+    def cycle(self):
+        return self.tb.cycle()
+
+
+class TB:
+    """Clock, reset, the host's AXI4-Lite master, the DRAM model and register helpers.
+
+    Parameters
+    ----------
+    dut
+    dram_size : int
+        Bytes of DRAM (a ``bytearray``; AXI addresses wrap modulo this size).
+    backpressure : bool or str
+        Pause generators on all DRAM channels: ``False``/``"off"``, ``True``/``"on"`` or
+        ``"slow"`` (:data:`BACKPRESSURE`).
+    """
+
+    def __init__(self, dut, *, dram_size=1 << 20, backpressure=False, seed=None):
+        self.dut = dut
+        self.log = dut._log
+        self.cfg = EmberConfig.from_json(os.environ["EMBER_CONFIG"])
+        self.seed = _seed() if seed is None else seed
+        self.rng = np.random.default_rng(self.seed)
+        self.log.info("config %s, seed %d (replay with EMBER_SEED=%d), backpressure %s",
+                      self.cfg.name, self.seed, self.seed, backpressure)
+        cocotb.start_soon(Clock(dut.clk, PERIOD_NS, unit="ns").start())
+        dut.rst.value = 1
+        self.host = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "host_"), dut.clk, dut.rst)
+        self.ram = AxiRam(AxiBus.from_prefix(dut, "axi_"), dut.clk, dut.rst, size=dram_size,
+                          mem=bytearray(dram_size))
+        for model in (self.host.write_if, self.host.read_if, self.ram.write_if,
+                      self.ram.read_if):
+            model.log.setLevel(logging.WARNING)
+        self.set_backpressure(backpressure)
+        self.port = HostPort(self)
+        self.driver = H.HostDriver(self.port, log=self.log)
+
+    # -- time, reset ------------------------------------------------------------------------
+
+    def cycle(self):
+        return int(get_sim_time("ns")) // PERIOD_NS
+
+    async def reset(self):
+        self.dut.rst.value = 1
+        await ClockCycles(self.dut.clk, 5)
+        self.dut.rst.value = 0
+        await ClockCycles(self.dut.clk, 2)
+
+    def set_backpressure(self, level):
+        level = {False: "off", True: "on"}.get(level, level)
+        assert level == "off" or level in BACKPRESSURE, level
+        channels = {"aw": self.ram.write_if.aw_channel, "w": self.ram.write_if.w_channel,
+                    "b": self.ram.write_if.b_channel, "ar": self.ram.read_if.ar_channel,
+                    "r": self.ram.read_if.r_channel}
+        for name, ch in channels.items():
+            ch.set_pause_generator(None if level == "off" else
+                                   itertools.cycle(BACKPRESSURE[level][name]))
+            if level == "off":
+                ch.pause = False      # a removed generator leaves its last value behind
+
+    # -- registers --------------------------------------------------------------------------
+
+    async def read_raw(self, offset, timeout_ns=20_000):
+        """``(value, resp)`` of one AXI4-Lite read; fails if it is not answered in time."""
+        r = await with_timeout(self.host.read(offset, 4), timeout_ns, "ns")
+        return int.from_bytes(bytes(r.data), "little"), r.resp
+
+    async def write_raw(self, offset, value, timeout_ns=20_000):
+        """``resp`` of one AXI4-Lite write (awaited)."""
+        w = await with_timeout(self.host.write(offset, (value & MASK32).to_bytes(4, "little")),
+                               timeout_ns, "ns")
+        return w.resp
+
+    async def read_reg(self, name):
+        await self.port.flush()             # reads may otherwise overtake posted writes
+        value, resp = await self.read_raw(regmap.BY_NAME[name].offset)
+        assert resp == AxiResp.OKAY, f"read of {name} answered {resp!r}"
+        return value
+
+    async def write_reg(self, name, value):
+        await self.port.flush()
+        resp = await self.write_raw(regmap.BY_NAME[name].offset, value)
+        assert resp == AxiResp.OKAY, f"write of {name} answered {resp!r}"
+        if name[:3] == "CMD" and name[3:].isdigit():
+            self.driver.staged[int(name[3:])] = value & MASK32
+
+    async def push_command(self, words):
+        """Stage ``words`` in CMD0..7 and push them (no pacing; see ``HostDriver.push``)."""
+        assert len(words) == 8
+        for i, w in enumerate(words):
+            await self.write_reg(f"CMD{i}", w)
+        await self.write_reg("CMD_PUSH", 1)
+        self.driver.staged = list(words)
+
+    async def set_semaphore(self, index, value):
+        await self.write_reg(f"SEM{index}", value)
+
+    async def wait_drained(self, limit=200_000):
+        """Wait until Q_PENDING is zero in every queue (raises on a hardware error)."""
+        await self.driver.wait_idle(timeout=limit)
+
+    async def errors(self):
+        return await self.driver.errors()
+
+    async def perf(self):
+        return await self.driver.perf()
+
+    # -- DRAM -------------------------------------------------------------------------------
+
+    def dram(self):
+        """The DRAM image as a writable uint8 array (a view of the model's memory)."""
+        return np.frombuffer(self.ram.mem, np.uint8)
+
+    def fill_dram_random(self):
+        self.dram()[:] = self.rng.integers(0, 256, len(self.ram.mem), np.uint8)
+
+    def check_dram(self, expected, what=""):
+        got = self.dram()
+        bad = np.flatnonzero(got != expected)
+        assert not len(bad), (f"{what}DRAM differs from the expected image at {len(bad)} bytes, "
+                              f"first at {bad[0]:#x} (got {got[bad[0]]:#04x}, expected "
+                              f"{expected[bad[0]]:#04x}; seed {self.seed})")
+
+
+def golden_c(a, b, bias, multiplier, shift, zero_point, act_min, act_max):
+    """The expected C: raw INT32 ``acc + bias`` if ``multiplier`` is None, else INT8."""
+    acc = ref_matmul(a, b)
+    n = b.shape[1]
+    bias = np.zeros(n, np.int64) if bias is None else bias
+    if multiplier is None:
+        return ref_bias_add(acc, bias)
+    return ref_requant(acc, bias, multiplier, shift, zero_point, act_min, act_max)
+
+
+def expected_beats(plan, W):
+    """AXI data beats (reads, writes) the plan's DMA commands move: each row touches the
+    bus words that hold any of its bytes."""
+    beats = [0, 0]
+    for cmd in plan.commands:
+        if cmd.queue > 1:
+            continue
+        dram, _, rows, row_bytes, dstride, _ = cmd.words[2:]
+        for r in range(rows):
+            start = dram + r * dstride
+            beats[cmd.queue] += (start + row_bytes - 1) // W - start // W + 1
+    return tuple(beats)
+
+
+async def gemm_job(tb, a, b, *, bias=None, multiplier=None, shift=None, zero_point=0,
+                   act_min=-128, act_max=127, offsets=(0, 0, 0, 0), base=0x1000, golden=True,
+                   first_id=1, timeout=200_000, prelude=()):
+    """Run one GEMM through the host port and check the whole DRAM.
+
+    Places packed A, packed B, the packed parameters and C (per :func:`sim.host.dram_layout`,
+    with ``offsets`` added to the four buffer addresses) in DRAM, runs the plan, and checks that
+    every byte outside C is unchanged and (if ``golden``) that C is the golden result. ``prelude``
+    commands are pushed before the plan (tests use it to inject faults).
+
+    Returns a dict: ``c`` (the result read back from DRAM), ``plan``, ``layout``, ``perf``,
+    ``host_cycles`` (cycles from the first write of the job until the queues were seen idle).
+    Raises :class:`sim.host.EmberHardwareError` if the hardware reports an error.
+    """
+    cfg = tb.cfg
+    M, K = a.shape
+    N = b.shape[1]
+    raw = multiplier is None
+    lay = H.dram_layout(cfg, M, K, N, raw=raw, base=base, offsets=offsets,
+                        min_size=len(tb.ram.mem))
+    assert lay.size <= len(tb.ram.mem), f"DRAM of {len(tb.ram.mem)} bytes is too small ({lay})"
+    mem = tb.dram()
+    W = cfg.bus_bytes
+    n = b.shape[1]
+    p_bias = np.zeros(n, np.int64) if bias is None else np.asarray(bias, np.int64)
+    p_mult = np.zeros(n, np.int64) if multiplier is None else np.asarray(multiplier, np.int64)
+    p_shift = np.zeros(n, np.int64) if shift is None else np.asarray(shift, np.int64)
+    for addr, words in ((lay.a_addr, pack_a(a, rows=cfg.pe_rows, lanes=cfg.pe_lanes,
+                                            word_bytes=W)),
+                        (lay.b_addr, pack_b(b, cols=cfg.pe_cols, lanes=cfg.pe_lanes,
+                                            word_bytes=W)),
+                        (lay.p_addr, H.pack_params(p_bias, p_mult, p_shift, cols=cfg.pe_cols,
+                                                   word_bytes=W))):
+        flat = words.reshape(-1)
+        mem[addr:addr + len(flat)] = flat
+    expected = mem.copy()
+    c_dtype = np.dtype("<i4") if raw else np.dtype(np.int8)
+    if golden:
+        c = golden_c(a, b, bias, multiplier, shift, zero_point, act_min, act_max)
+        expected[lay.c_addr:lay.c_addr + lay.c_bytes] = \
+            np.ascontiguousarray(c.astype(c_dtype)).view(np.uint8).reshape(-1)
+
+    plan = H.plan_gemm(cfg, M, K, N, a_addr=lay.a_addr, b_addr=lay.b_addr, p_addr=lay.p_addr,
+                       c_addr=lay.c_addr, raw=raw, zero_point=zero_point, act_min=act_min,
+                       act_max=act_max, first_id=first_id)
+    tb.log.info("GEMM %dx%dx%d %s: %d jobs of %dx%d tiles (%d steps), inner %s, %d commands "
+                "(%s)", M, K, N, "INT32" if raw else "INT8", len(plan.jobs), plan.mb, plan.nb,
+                plan.steps, plan.inner, len(plan.commands),
+                "/".join(str(plan.count(q)) for q in range(3)))
+    drv = tb.driver
+    drv.timeout = timeout
+    start = tb.cycle()
+    await drv.set_semaphores(plan.semaphores)
+    drv.write("PERF_CLEAR", 1)
+    for cmd in prelude:
+        await drv.push(cmd)
+    await drv.push_all(plan.commands)
+    await drv.wait_idle()
+    host_cycles = tb.cycle() - start
+    perf = await drv.perf()
+    result = mem[lay.c_addr:lay.c_addr + lay.c_bytes].copy().view(c_dtype).reshape(M, N)
+    outside = np.ones(len(mem), bool)
+    outside[lay.c_addr:lay.c_addr + lay.c_bytes] = False
+    if not golden:
+        expected[~outside] = mem[~outside]
+    tb.check_dram(expected, f"GEMM {M}x{K}x{N}: ")
+    err = await drv.errors()
+    assert err["code"] == 0, f"error registers set after a clean run: {err}"
+    macs = M * K * N
+    tb.log.info("GEMM %dx%dx%d: %d cycles (PERF_CYCLES %d), %d array steps, utilisation %.3f, "
+                "perf %s", M, K, N, host_cycles, perf["cycles"], perf["gemm_steps"],
+                H.utilization(macs, perf["cycles"], cfg.macs_per_cycle), perf)
+    return {"c": result, "plan": plan, "layout": lay, "perf": perf, "host_cycles": host_cycles,
+            "macs": macs}
+
+
+def check_counters(tb, job):
+    """The performance counters of a clean job agree with its plan."""
+    perf, plan = job["perf"], job["plan"]
+    assert perf["gemm_steps"] == plan.array_steps, \
+        f"PERF_GEMM_STEPS {perf['gemm_steps']} != {plan.array_steps} planned array steps"
+    rd, wr = expected_beats(plan, tb.cfg.bus_bytes)
+    assert perf["dma_rd_beats"] == rd, f"PERF_DMA_RD_BEATS {perf['dma_rd_beats']} != {rd}"
+    assert perf["dma_wr_beats"] == wr, f"PERF_DMA_WR_BEATS {perf['dma_wr_beats']} != {wr}"
+    for q in range(regmap.N_QUEUES):
+        assert perf[f"busy{q}"] > 0, f"PERF_BUSY{q} is 0 after a GEMM"
+        assert perf[f"busy{q}"] <= perf["cycles"]
+    assert plan.array_steps <= perf["busy2"] <= perf["cycles"] <= job["host_cycles"] + 100
+    assert perf["gemm_stall"] <= perf["busy2"]
+
+
+# -- shapes ---------------------------------------------------------------------------------------
+
+def _operands(tb, M, K, N, *, requant):
+    rng = tb.rng
+    a = rng.integers(-128, 128, (M, K), np.int8)
+    b = rng.integers(-128, 128, (K, N), np.int8)
+    if not requant:
+        bias = rng.integers(-2**31, 2**31, N, dtype=np.int64) if rng.random() < 0.7 else None
+        return a, b, dict(bias=bias)
+    bias = rng.integers(-2**20, 2**20, N, dtype=np.int64)
+    mult = rng.integers(2**30, 2**31, N, dtype=np.int64)
+    shift = rng.integers(-14, 2, N, dtype=np.int64)
+    zp = int(rng.integers(-128, 128))
+    lo, hi = sorted(int(x) for x in rng.integers(-128, 128, 2))
+    out = dict(zero_point=zp, act_min=lo, act_max=hi) if rng.random() < 0.5 else \
+        dict(zero_point=zp)
+    return a, b, dict(bias=bias, multiplier=mult, shift=shift, **out)
+
+
+def _shapes(tb):
+    R, C, L = tb.cfg.pe_rows, tb.cfg.pe_cols, tb.cfg.pe_lanes
+    fixed = [(1, 1, 1), (R + 1, L + 1, C + 1), (2 * R - 1, 3 * L - 1, 2 * C + 1),
+             (3, 2 * L + 3, 1), (1, 5, 4 * C + 1), (5 * R + 3, 2 * L, 3 * C - 1)]
+    rand = [tuple(int(tb.rng.integers(1, hi)) for hi in (8 * R, 12 * L, 8 * C)) for _ in range(6)]
+    return fixed + rand
+
+
+@cocotb.test()
+@cocotb.parametrize(backpressure=["off", "on", "slow"])
+async def random_gemms(dut, backpressure):
+    """GEMMs of awkward shapes (1×1×1; M, N, K not multiples of R, C, L), INT32 and INT8
+    outputs, buffers at unaligned DRAM addresses; whole DRAM checked after each."""
+    tb = TB(dut, dram_size=1 << 18, backpressure=backpressure)
+    await tb.reset()
+    tb.fill_dram_random()
+    next_id = 1
+    for n, (M, K, N) in enumerate(_shapes(tb)):
+        requant = n % 2 == 1
+        a, b, params = _operands(tb, M, K, N, requant=requant)
+        offsets = (0, 0, 0, 0) if n < 2 else tuple(int(x) for x in tb.rng.integers(0, 8, 4))
+        job = await gemm_job(tb, a, b, offsets=offsets, first_id=next_id, **params)
+        check_counters(tb, job)
+        next_id = (next_id + len(job["plan"].commands)) & 0xFFFF
+
+
+@cocotb.test()
+@cocotb.parametrize(backpressure=["on", "slow"])
+async def multi_block_gemm(dut, backpressure):
+    """GEMMs of many blocks in both loop orders (A inner and B inner) and with K filling a bank,
+    on a DRAM that stalls ("on") or is slower than the host ("slow"): under the first the
+    operand slots run ahead as far as the semaphores allow, under the second the GEMMs and
+    stores must wait for loads that the host pushed long before."""
+    tb = TB(dut, dram_size=1 << 18, backpressure=backpressure)
+    await tb.reset()
+    tb.fill_dram_random()
+    R, C, L, depth = tb.cfg.pe_rows, tb.cfg.pe_cols, tb.cfg.pe_lanes, tb.cfg.sram_depth
+    inners = set()
+    for M, K, N, requant in ((23 * R + 1, 9 * L + 2, 12 * C - 1, False),
+                             (R + 1, 9 * L + 1, 40 * C + 1, True),
+                             (3 * R, (depth - 1) * L + 1, 2 * C, True)):
+        a, b, params = _operands(tb, M, K, N, requant=requant)
+        job = await gemm_job(tb, a, b, offsets=(1, 2, 3, 5), **params)
+        check_counters(tb, job)
+        inners.add(job["plan"].inner)
+        assert len(job["plan"].jobs) > 1
+    assert inners == {"a", "b"}, inners
+
+
+# -- registers ------------------------------------------------------------------------------------
+
+@cocotb.test()
+async def registers(dut):
+    """Identification values, read-only registers ignoring writes, read/write registers, and
+    SLVERR (never a hang) for offsets outside the map."""
+    tb = TB(dut, dram_size=1 << 12)
+    await tb.reset()
+    cfg = tb.cfg
+    log2 = lambda v: v.bit_length() - 1  # noqa: E731
+    ident = {
+        "ID": regmap.ID_VALUE,
+        "VERSION": regmap.VERSION,
+        "HW_PE": cfg.pe_rows | cfg.pe_cols << 8 | cfg.pe_lanes << 16,
+        "HW_MEM": cfg.bus_bytes | log2(cfg.sram_banks) << 8 | log2(cfg.sram_depth) << 16,
+    }
+    for name, value in ident.items():
+        got = await tb.read_reg(name)
+        assert got == value, f"{name} = {got:#x}, expected {value:#x}"
+    assert await tb.read_reg("CTRL") == 1, "CTRL.CPU_RESET must be 1 after reset"
+    assert await tb.read_reg("STATUS") == 0b100, "STATUS: idle, no error, CPU in reset"
+    # Every other readable register holds its documented reset value (STATUS, HW_* and the
+    # free-running cycle counter are checked above or cannot be).
+    for r in regmap.REGS:
+        if r.host in ("r", "rw", "w1c") and r.name not in (*ident, "STATUS", "PERF_CYCLES"):
+            got = await tb.read_reg(r.name)
+            assert got == r.reset, f"{r.name} reads {got:#x} after reset, not {r.reset:#x}"
+
+    # Read-only registers ignore writes (and answer OKAY).
+    ro = [r for r in regmap.REGS if r.host == "r"]
+    before = {r.name: await tb.read_reg(r.name) for r in ro}
+    for r in ro:
+        resp = await tb.write_raw(r.offset, 0xA5A5_5A5A ^ r.offset)
+        assert resp == AxiResp.OKAY, f"write to read-only {r.name} answered {resp!r}"
+    for r in ro:
+        got = await tb.read_reg(r.name)
+        if r.name.startswith("PERF_CYCLES"):
+            assert got >= before[r.name]
+        else:
+            assert got == before[r.name], f"read-only {r.name} changed to {got:#x} by a write"
+
+    # Read/write registers hold what is written; write-only ones read 0.
+    for name, mask in [("MAILBOX", MASK32), ("IRQ_ENABLE", 0b11), *((f"CMD{i}", MASK32)
+                       for i in range(8)), *((f"ARG{i}", MASK32) for i in range(16)),
+                       *((f"SEM{i}", 0xFF) for i in range(16))]:
+        value = int(tb.rng.integers(0, 1 << 32))
+        await tb.write_reg(name, value)
+        got = await tb.read_reg(name)
+        assert got == value & mask, f"{name}: wrote {value:#x}, read {got:#x}"
+        await tb.write_reg(name, 0)
+    for name in ("DOORBELL", "CMD_PUSH", "PERF_CLEAR"):
+        if name == "DOORBELL":
+            await tb.write_reg(name, 7)
+        assert await tb.read_reg(name) == 0, f"write-only {name} does not read 0"
+    assert await tb.read_reg("STATUS") == 0b100
+
+    # Offsets outside every register (and the firmware-only FW_IRQ, and beyond IMEM): SLVERR.
+    imem_end = regmap.IMEM_WINDOW + 16 * 1024
+    mapped = {r.offset for r in regmap.REGS if r.host != "-"}
+    holes = [o for o in range(0, regmap.IMEM_WINDOW, 4) if o not in mapped]
+    probes = sorted({regmap.BY_NAME["FW_IRQ"].offset, 0x03C, 0x064, 0x07C, 0x0CC, 0x0DC,
+                     0x140, 0x1C0, 0x7FFC, imem_end, imem_end + 4, 0xFFFC,
+                     *(int(x) for x in tb.rng.choice(holes, 8, replace=False))})
+    for offset in probes:
+        value, resp = await tb.read_raw(offset)
+        assert resp == AxiResp.SLVERR, f"read of unmapped {offset:#06x} answered {resp!r}"
+        assert value == 0
+        resp = await tb.write_raw(offset, 0xFFFF_FFFF)
+        assert resp == AxiResp.SLVERR, f"write of unmapped {offset:#06x} answered {resp!r}"
+    # The IMEM window answers OKAY and reads 0.
+    for offset in (regmap.IMEM_WINDOW, imem_end - 4):
+        value, resp = await tb.read_raw(offset)
+        assert (value, resp) == (0, AxiResp.OKAY), (offset, value, resp)
+    # Nothing changed state: still idle, no error, no command pushed.
+    assert await tb.read_reg("STATUS") == 0b100
+    for q in range(regmap.N_QUEUES):
+        assert await tb.read_reg(f"Q_PENDING{q}") == 0
+    assert await tb.read_reg("ERR_CODE") == 0
+
+
+# -- requantisation corners ----------------------------------------------------------------------
+
+INT32_MIN, INT32_MAX = -2**31, 2**31 - 1
+
+
+def corner_columns():
+    """``(b, bias, multiplier, shift)`` per output column, for K = 1 and ``A[:, 0]`` = the row
+    values of :func:`corner_rows`: each column's accumulators are ``bias + a·b``."""
+    cols = []
+    # The saturating INT32_MIN·INT32_MIN, and values next to it.
+    cols += [(0, INT32_MIN, INT32_MIN, 0), (1, INT32_MIN + 128, INT32_MIN, 0),
+             (1, INT32_MIN + 128, INT32_MIN, -31), (1, INT32_MIN + 128, INT32_MAX, 0),
+             (-1, INT32_MIN + 127, INT32_MIN, 5)]
+    # Left shifts that wrap to INT32_MIN and beyond; INT32 wrap of acc + bias.
+    cols += [(1, 2**30, INT32_MIN, 1), (1, -2**30, INT32_MIN, 1), (1, 2**29, 2**30 + 7, 2),
+             (1, INT32_MAX - 127, 2**30, 0), (-128, INT32_MAX - 200, 2**31 - 1, 0)]
+    # Ties of RoundingDivideByPOT: the multiplier 2^30 halves exactly, so x = 2·y with y on a
+    # tie point (y ≡ 2^(s-1) mod 2^s) for the right shift s; signs alternate.
+    for s in range(1, 32):
+        y = 3 << (s - 1) if 3 << s < 2**31 else 1 << (s - 1)
+        x = 2 * y if s % 2 else -2 * y
+        if x > INT32_MAX:
+            x = -x
+        cols.append((1, x, 2**30, -s))
+    # Every left shift, with a TFLite-range multiplier.
+    for s in range(0, 32):
+        cols.append((-1 if s % 3 == 0 else 1, (-1) ** s * (1 << max(0, 24 - s)),
+                     2**30 + 12345 * s, s))
+    # Ties of the doubling high multiply (odd x times 2^30), zero, the largest multiplier.
+    cols += [(1, 1, 2**30, 0), (1, -1, 2**30, 0), (1, 3, 2**30, 0), (1, -3, 2**30, 0),
+             (0, 0, 0, 0), (127, 0, 2**31 - 1, -7), (-128, 0, 2**31 - 1, -7)]
+    return cols
+
+
+def corner_coverage(acc, mult, shift):
+    """Counts of the corner events the output stage sees for these accumulators (after the
+    bias), computed with the scalar gemmlowp primitives."""
+    from sim.golden_requant import saturating_rounding_doubling_high_mul as srdhm
+    wrap = lambda v: (v + 2**31) % 2**32 - 2**31  # noqa: E731
+    seen = {"saturate": 0, "dhm_tie": 0, "pot_tie_pos": 0, "pot_tie_neg": 0, "acc_wrap": 0}
+    for (m, c), v in np.ndenumerate(acc):
+        v = int(v)
+        s, qm = int(shift[c]), int(mult[c])
+        seen["acc_wrap"] += wrap(v) != v
+        x = wrap(wrap(v) << max(s, 0))
+        seen["saturate"] += x == qm == INT32_MIN
+        seen["dhm_tie"] += (x * qm) % 2**31 == 2**30
+        y = srdhm(x, qm)
+        r = max(-s, 0)
+        if r and (y & ((1 << r) - 1)) == 1 << (r - 1):
+            seen["pot_tie_pos" if y > 0 else "pot_tie_neg"] += 1
+    return seen
+
+
+def corner_rows():
+    return np.array([0, 1, -1, 2, -2, 127, -128, 64, -64, 3, -3, 100, -100, 55, -55, 7],
+                    np.int8)
+
+
+CLAMPS = [dict(zero_point=0, act_min=-128, act_max=127),
+          dict(zero_point=-7, act_min=-7, act_max=127),          # ReLU
+          dict(zero_point=-100, act_min=-100, act_max=-100 + 48),  # ReLU6 at scale 1/8
+          dict(zero_point=127, act_min=-128, act_max=127),
+          dict(zero_point=-128, act_min=0, act_max=0)]
+
+
+@cocotb.test()
+async def requant_corners(dut):
+    """The output stage at the top level: INT32_MIN paths, rounding ties of both kinds, negative
+    values, every shift from -31 to 31, ReLU/ReLU6/degenerate clamps, and raw INT32 wrap.
+    The accumulators are chosen exactly: K = 1, A holds the row values, B one value per column,
+    the bias carries the rest."""
+    tb = TB(dut, dram_size=1 << 16)
+    await tb.reset()
+    tb.fill_dram_random()
+    cols = corner_columns()
+    rows = corner_rows()
+    b = np.array([[c[0] for c in cols]], np.int8)
+    bias = np.array([c[1] for c in cols], np.int64)
+    mult = np.array([c[2] for c in cols], np.int64)
+    shift = np.array([c[3] for c in cols], np.int64)
+    a = rows.reshape(-1, 1)
+    acc = bias + a.astype(np.int64) * b.astype(np.int64)          # exact, before the wrap
+
+    # The vectors really reach the corners (else this test proves little).
+    seen = corner_coverage(acc, mult, shift)
+    tb.log.info("corner coverage: %s", seen)
+    assert all(seen.values()), f"some corner is never reached: {seen}"
+    assert set(range(-31, 32)) <= set(shift.tolist())
+
+    for clamp in CLAMPS:
+        job = await gemm_job(tb, a, b, bias=bias, multiplier=mult, shift=shift, **clamp)
+        out = job["c"]
+        if clamp["act_min"] > -128:
+            assert (out == clamp["act_min"]).any()
+        if clamp["act_max"] < 127:
+            assert (out == clamp["act_max"]).any()
+    job = await gemm_job(tb, a, b, bias=bias)             # raw INT32: acc + bias, wrapped
+    assert (job["c"].astype(np.int64) != acc).any()
+
+
+# -- errors, soft reset, IRQ ----------------------------------------------------------------------
+
+@cocotb.test()
+async def error_and_recovery(dut):
+    """A DMA load beyond the scratchpad: ERR_CODE 0x13, ERR_ID, ERR_QUEUE, STATUS.ERROR, IRQ;
+    later commands are held; SOFT_RESET clears everything and a GEMM then runs correctly."""
+    tb = TB(dut, dram_size=1 << 16)
+    await tb.reset()
+    tb.fill_dram_random()
+    cfg = tb.cfg
+    before = tb.dram().copy()
+    assert tb.dut.irq.value == 0
+    bad_id = 0x1234
+    bad = H.dma_command("load", bad_id, dram_addr=0x100, sram_addr=cfg.sram_bytes - 4, rows=1,
+                        row_bytes=8)
+    await tb.push_command(bad.words)
+    for _ in range(200):
+        if (await tb.read_reg("STATUS")) & 2:
+            break
+    else:
+        raise AssertionError("STATUS.ERROR never rose after an out-of-range load")
+    err = await tb.errors()
+    assert err == {"code": 0x10 + 3, "id": bad_id, "queue": 0}, err
+    assert tb.dut.irq.value == 0, "irq without IRQ_ENABLE"
+    await tb.write_reg("IRQ_ENABLE", 1)
+    await ClockCycles(dut.clk, 2)
+    assert tb.dut.irq.value == 1, "irq low with an error held and IRQ_ENABLE.ERROR set"
+
+    # While the error is held nothing issues: a store that would overwrite DRAM stays queued.
+    store = H.dma_command("store", 0x2222, dram_addr=0x200, sram_addr=0, rows=4, row_bytes=64)
+    await tb.push_command(store.words)
+    await ClockCycles(dut.clk, 200)
+    assert await tb.read_reg("Q_PENDING1") == 1
+    assert await tb.read_reg("Q_COMPLETED1") == 0
+    tb.check_dram(before, "after a store queued behind an error: ")
+    # Clearing IRQ_STATUS does not hide a held error.
+    await tb.write_reg("IRQ_STATUS", 1)
+    await ClockCycles(dut.clk, 2)
+    assert tb.dut.irq.value == 1, "W1C of IRQ_STATUS hid an error that is still held"
+
+    # SOFT_RESET: queues, error and semaphores cleared; the CPU stays in reset.
+    await tb.write_reg("SEM5", 9)
+    await ClockCycles(dut.clk, 500)    # let the DMA finish what it holds (it is not reset)
+    await tb.driver.soft_reset()
+    assert await tb.read_reg("ERR_CODE") == 0 and await tb.read_reg("ERR_ID") == 0
+    assert await tb.read_reg("STATUS") == 0b100
+    assert await tb.read_reg("SEM5") == 0
+    assert [await tb.read_reg(f"Q_PENDING{q}") for q in range(3)] == [0, 0, 0]
+    await ClockCycles(dut.clk, 2)
+    assert tb.dut.irq.value == 1, "IRQ_STATUS.ERROR must stay latched until cleared"
+    await tb.write_reg("IRQ_STATUS", 1)
+    await ClockCycles(dut.clk, 2)
+    assert tb.dut.irq.value == 0, "W1C of IRQ_STATUS.ERROR did not drop irq"
+    tb.check_dram(before, "after SOFT_RESET: ")
+
+    # A GEMM after the recovery is correct (whole DRAM).
+    a = tb.rng.integers(-128, 128, (2 * cfg.pe_rows + 1, 3 * cfg.pe_lanes + 1), np.int8)
+    b = tb.rng.integers(-128, 128, (a.shape[1], 3 * cfg.pe_cols - 1), np.int8)
+    job = await gemm_job(tb, a, b, bias=tb.rng.integers(-1000, 1000, b.shape[1]))
+    check_counters(tb, job)
+    # And an error inside a plan names the failing command; the plan is abandoned cleanly.
+    await tb.driver.soft_reset()
+    prelude = [H.dma_command("store", 0x0BAD, dram_addr=0x40, sram_addr=0, rows=0, row_bytes=8)]
+    try:
+        await gemm_job(tb, a, b, prelude=prelude, first_id=100)
+    except H.EmberHardwareError as e:
+        assert (e.code, e.cmd_id, e.queue) == (0x10 + 4, 0x0BAD, 1), e
+    else:
+        raise AssertionError("a malformed store did not raise EmberHardwareError")
+    await ClockCycles(dut.clk, 500)
+    await tb.driver.soft_reset()
+    job = await gemm_job(tb, a, b)
+    check_counters(tb, job)
+
+
+@cocotb.test()
+async def irq_status_read(dut):
+    """The host reads IRQ_STATUS (a ``w1c`` register): ERROR latched by an error, cleared by
+    writing 1 after SOFT_RESET."""
+    tb = TB(dut, dram_size=1 << 12)
+    await tb.reset()
+    assert await tb.read_reg("IRQ_STATUS") == 0
+    bad = H.dma_command("load", 5, dram_addr=0, sram_addr=tb.cfg.sram_bytes - 1, rows=1,
+                        row_bytes=2)
+    await tb.push_command(bad.words)
+    await ClockCycles(dut.clk, 50)
+    assert await tb.read_reg("ERR_CODE") == 0x13
+    assert await tb.read_reg("IRQ_STATUS") == 1, "IRQ_STATUS.ERROR does not read 1"
+    await tb.driver.soft_reset()
+    await tb.write_reg("IRQ_STATUS", 1)
+    assert await tb.read_reg("IRQ_STATUS") == 0
+
+
+@cocotb.test()
+async def dma_field_overflow(dut):
+    """A DMA command whose argument words do not fit the descriptor fields (``sram_addr`` one
+    past the scratchpad, where it needs one more bit; ``rows`` = 2^16 + 1) must be rejected,
+    not truncated into a valid descriptor."""
+    tb = TB(dut, dram_size=1 << 12)
+    await tb.reset()
+    # Both are malformed commands (engine error 4): an argument that does not fit its field.
+    cases = [("sram_addr", dict(sram_addr=tb.cfg.sram_bytes, rows=1, row_bytes=8), 0x14),
+             ("rows", dict(sram_addr=0, rows=(1 << 16) + 1, row_bytes=8), 0x14)]
+    for field, args, code in cases:
+        await tb.push_command(H.dma_command("load", 9, dram_addr=0, **args).words)
+        await ClockCycles(dut.clk, 100)
+        err = await tb.read_reg("ERR_CODE")
+        assert err != 0, f"DMA load with an oversized {field} was truncated and ran"
+        assert err == code, f"{field}: ERR_CODE {err:#x}, expected {code:#x}"
+        await tb.driver.soft_reset()
+
+
+@cocotb.test()
+async def soft_reset_dma_in_flight(dut):
+    """SOFT_RESET while a long DMA load is in flight (the DMA is not reset and finishes it),
+    then a new load L2 that signals a semaphore and a store that waits on it. The store must
+    see L2's data: the stale completion of the old load must not count as L2's."""
+    tb = TB(dut, dram_size=1 << 16)
+    await tb.reset()
+    tb.fill_dram_random()
+    W, depth = tb.cfg.bus_bytes, tb.cfg.sram_depth
+    mem = tb.dram()
+    old, new, out = 0x8000, 0x9000, 0xA000
+    # Bank 2 word 0..7 := the "old" data.
+    await tb.push_command(H.dma_command("load", 1, dram_addr=old, sram_addr=2 * depth * W,
+                                        rows=1, row_bytes=8 * W).words)
+    await tb.wait_drained()
+    # A long load into bank 1 on a slow DRAM; reset while it runs.
+    tb.set_backpressure("slow")
+    await tb.push_command(H.dma_command("load", 2, dram_addr=0, sram_addr=depth * W, rows=1,
+                                        row_bytes=depth * W).words)
+    await ClockCycles(dut.clk, 100)
+    assert await tb.read_reg("Q_PENDING0") == 1, "the long load is not in flight"
+    await tb.driver.soft_reset()
+    # L2: bank 2 := the "new" data, signals SEM0; S: bank 2 → DRAM at `out`, waits on SEM0.
+    await tb.push_command(H.dma_command("load", 3, dram_addr=new, sram_addr=2 * depth * W,
+                                        rows=1, row_bytes=8 * W, signal=0).words)
+    await tb.push_command(H.dma_command("store", 4, dram_addr=out, sram_addr=2 * depth * W,
+                                        rows=1, row_bytes=8 * W, wait=0).words)
+    await tb.wait_drained(limit=50_000)
+    await ClockCycles(dut.clk, 3000)       # whatever the DMA still holds is done by now
+    got = mem[out:out + 8 * W].reshape(8, W)
+    is_new = (got == mem[new:new + 8 * W].reshape(8, W)).all(axis=1)
+    is_old = (got == mem[old:old + 8 * W].reshape(8, W)).all(axis=1)
+    assert (is_new | is_old).all(), "the store wrote data that was never in the scratchpad"
+    assert is_new.all(), (
+        f"the store ran before its load had finished ({int(is_old.sum())} of 8 words stale): "
+        f"the completion of the load in flight at SOFT_RESET was counted as the new load's "
+        f"(Q_COMPLETED0 = {await tb.read_reg('Q_COMPLETED0')} after one load)")
+
+
+@cocotb.test()
+async def queue_pacing(dut):
+    """The driver never overflows a queue: with the store queue blocked on a semaphore, eight
+    pushes go in and the ninth waits (no error) until commands complete. The same nine pushes
+    without pacing overflow it: ERR_CODE 0x03 with the ninth command's id."""
+    tb = TB(dut, dram_size=1 << 16)
+    await tb.reset()
+    tb.fill_dram_random()
+    before = tb.dram().copy()
+    W = tb.cfg.bus_bytes
+
+    def store(i):     # a harmless store from the scratchpad's last word into DRAM
+        return H.dma_command("store", 0x100 + i, dram_addr=0x8000 + W * i,
+                             sram_addr=tb.cfg.sram_bytes - W, rows=1, row_bytes=W, wait=5)
+
+    drv = tb.driver
+    drv.timeout = 100_000
+    for i in range(8):
+        await drv.push(store(i))
+    ninth = cocotb.start_soon(drv.push(store(8)))
+    await ClockCycles(dut.clk, 500)
+    assert not ninth.done(), "the ninth push went into a queue holding eight commands"
+    assert await tb.read_reg("Q_PENDING1") == 8
+    await tb.set_semaphore(5, 9)
+    await ninth
+    await tb.wait_drained()
+    assert await tb.read_reg("Q_COMPLETED1") == 9 and await tb.read_reg("ERR_CODE") == 0
+    assert tb.dram()[0x8000:0x8000 + 9 * W].tolist() != before[0x8000:0x8000 + 9 * W].tolist()
+
+    # Without pacing the ninth push overflows.
+    await drv.soft_reset()
+    for i in range(9):
+        await tb.push_command(store(i).words)
+    await ClockCycles(dut.clk, 20)
+    err = await tb.errors()
+    assert err == {"code": 0x03, "id": 0x108, "queue": 1}, err
+    assert await tb.read_reg("Q_PENDING1") == 8
+    await drv.soft_reset()
+
+
+@cocotb.test()
+async def double_signal(dut):
+    """A command whose ``signal`` and ``signal2`` name the same semaphore adds two counts."""
+    tb = TB(dut, dram_size=1 << 12)
+    await tb.reset()
+    for s1, s2, expected in ((5, H.SEM_NONE, (1, 0)), (H.SEM_NONE, 5, (1, 0)), (5, 6, (1, 1)),
+                             (5, 5, (2, 0))):
+        await tb.driver.soft_reset()
+        await tb.push_command(H.dma_command("load", 1, dram_addr=0, sram_addr=0, rows=1,
+                                            row_bytes=8, signal=s1, signal2=s2).words)
+        await tb.wait_drained()
+        got = (await tb.read_reg("SEM5"), await tb.read_reg("SEM6"))
+        assert got == expected, f"signal={s1}, signal2={s2}: SEM5, SEM6 = {got}, not {expected}"
+
+
+# -- performance counters -------------------------------------------------------------------------
+
+@cocotb.test()
+async def perf_counters(dut):
+    """PERF_GEMM_STEPS = the planned array steps; beats as planned; PERF_CYCLES advances;
+    every queue's PERF_BUSY is non-zero; PERF_CLEAR zeroes them."""
+    tb = TB(dut, dram_size=1 << 16)
+    await tb.reset()
+    tb.fill_dram_random()
+    cfg = tb.cfg
+    c0 = await tb.read_reg("PERF_CYCLES")
+    await ClockCycles(dut.clk, 100)
+    c1 = await tb.read_reg("PERF_CYCLES")
+    assert 100 <= c1 - c0 <= 200, (c0, c1)
+    M, K, N = 4 * cfg.pe_rows + 1, 7 * cfg.pe_lanes + 3, 5 * cfg.pe_cols - 1
+    a = tb.rng.integers(-128, 128, (M, K), np.int8)
+    b = tb.rng.integers(-128, 128, (K, N), np.int8)
+    job = await gemm_job(tb, a, b, multiplier=np.full(N, 2**30), shift=np.full(N, -3),
+                         bias=np.zeros(N, np.int64))
+    check_counters(tb, job)
+    perf = job["perf"]
+    assert perf["gemm_steps"] == -(-M // cfg.pe_rows) * -(-N // cfg.pe_cols) * \
+        -(-K // cfg.pe_lanes)
+    assert perf["wait1"] > 0, "the first store never waited for its GEMM"
+    tb.log.info("perf: %s", perf)
+    await tb.write_reg("PERF_CLEAR", 1)
+    after = await tb.perf()
+    assert after["cycles"] < 50, after
+    assert all(v == 0 for k, v in after.items() if k != "cycles"), after
+
+
+# -- firmware boot --------------------------------------------------------------------------------
+
+FW_SOURCE = r"""
+#include <stdint.h>
+#include "ember_regs.h"
+
+int main(void) {
+    EMBER_REG(EMBER_FW_STATUS) = 0x600D;
+    for (;;) {
+        uint32_t m = EMBER_REG(EMBER_MAILBOX);
+        if (m != 0) {
+            EMBER_REG(EMBER_FW_STATUS) = m + 1;
+        }
+    }
+}
+"""
+
+
+@cocotb.test()
+async def firmware_boot(dut):
+    """The host loads a program into IMEM through the window while CPU_RESET holds the core,
+    releases it, and sees it write FW_STATUS (and answer a MAILBOX write)."""
+    from sim.firmware import build_firmware, load_words
+    tb = TB(dut, dram_size=1 << 12)
+    await tb.reset()
+    src = Path("fw_status.c").resolve()
+    src.write_text(FW_SOURCE)
+    words = load_words(build_firmware("fw_status", [src], out_dir=src.parent))
+    assert 0 < len(words) <= 4096
+    assert await tb.read_reg("CTRL") == 1
+    for i, w in enumerate(words):
+        tb.port.post(regmap.IMEM_WINDOW + 4 * i, w)
+    await tb.port.flush()
+    await ClockCycles(dut.clk, 2000)
+    assert await tb.read_reg("FW_STATUS") == 0, "the core ran while CPU_RESET held it"
+    await tb.write_reg("CTRL", 0)
+    assert (await tb.read_reg("STATUS")) & 4 == 0
+    start = tb.cycle()
+    while await tb.read_reg("FW_STATUS") != 0x600D:
+        assert tb.cycle() - start < 20_000, "firmware did not write FW_STATUS = 0x600D"
+    tb.log.info("firmware wrote FW_STATUS after %d cycles", tb.cycle() - start)
+    await tb.write_reg("MAILBOX", 0x1234)
+    start = tb.cycle()
+    while await tb.read_reg("FW_STATUS") != 0x1235:
+        assert tb.cycle() - start < 5_000, "firmware did not answer the mailbox"
+    # Back into reset: the core stops (FW_STATUS no longer follows MAILBOX).
+    await tb.write_reg("CTRL", 1)
+    await tb.write_reg("MAILBOX", 0x4000)
+    await ClockCycles(dut.clk, 500)
+    assert await tb.read_reg("FW_STATUS") == 0x1235

@@ -1,0 +1,267 @@
+"""The Ember top level through its host port: registers, host-driven GEMMs (whole DRAM checked),
+requantisation corners, errors and soft reset, performance counters, firmware loading.
+
+The cocotb testbench is ``sim/tb_top.py``; the GEMM command plan is ``sim/host.py``, which is
+also checked here without simulation by executing plans on a Python model of the command
+processor (semaphores, per-queue order, engines in flight) that flags every buffer race.
+"""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from hw.config import get_preset
+from hw.cpu import vexriscv_source
+from hw.top import build_top
+from sim import host as H
+from sim.golden import ref_matmul
+from sim.golden_requant import ref_bias_add
+from sim.layout import pack_a, pack_b
+from sim.runner import VEXRISCV_VLT, build_rtl, run_cocotb
+
+TOP_TESTS = ["registers", "random_gemms", "multi_block_gemm", "requant_corners",
+             "error_and_recovery", "queue_pacing", "perf_counters", "firmware_boot",
+             "irq_status_read", "dma_field_overflow", "soft_reset_dma_in_flight", "double_signal"]
+
+def build_top_rtl(cfg):
+    """Build (once per preset) the Verilator model of the whole top level."""
+    return build_rtl(cfg.top_name, lambda: build_top(cfg),
+                     extra_sources=[VEXRISCV_VLT, vexriscv_source()])
+
+
+@pytest.mark.rtl
+@pytest.mark.parametrize("testcase", TOP_TESTS)
+def test_top(testcase):
+    cfg = get_preset("tiny")
+    run_cocotb(build_top_rtl(cfg), cfg.top_name, "sim.tb_top", config=cfg, testcase=testcase)
+
+
+@pytest.mark.rtl
+@pytest.mark.slow
+@pytest.mark.parametrize("testcase", ["random_gemms", "multi_block_gemm", "requant_corners"])
+def test_top_default(testcase):
+    cfg = get_preset("default")
+    run_cocotb(build_top_rtl(cfg), cfg.top_name, "sim.tb_top", config=cfg, testcase=testcase)
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan, without simulation.
+
+class PlanModel:
+    """Executes a plan's commands on a model of the command processor and the engines.
+
+    Queues issue in order when their wait semaphores are non-zero (taking a count); up to
+    ``inflight`` commands per engine are in flight, and an engine completes its oldest one at a
+    random moment (signalling its semaphores). Data moves at issue (loads write the scratchpad,
+    GEMMs read operands and write results, stores write DRAM), and every scratchpad word that a
+    command in flight reads or writes is *held* until it completes: a second command touching a
+    held word, other than two reads, is a race and fails the check. The final DRAM must hold C.
+    """
+
+    def __init__(self, cfg, plan, dram, rng, inflight=4):
+        self.cfg, self.plan, self.dram, self.rng = cfg, plan, dram, rng
+        self.W = cfg.bus_bytes
+        self.sram = np.zeros((cfg.sram_banks * cfg.sram_depth, self.W), np.uint8)
+        self.sems = [0] * 16
+        for s, v in plan.semaphores.items():
+            self.sems[s] = v
+        self.queues = [[c for c in plan.commands if c.queue == q] for q in range(3)]
+        self.flight = [[] for _ in range(3)]
+        self.inflight = inflight
+        self.holds = {}          # word -> (kind "r"/"w", {command ids})
+
+    def _touch(self, cmd, words, kind):
+        for w in words:
+            held = self.holds.get(w)
+            if held and not (held[0] == "r" and kind == "r"):
+                raise AssertionError(f"race on scratchpad word {w}: {cmd.note} against "
+                                     f"commands {sorted(held[1])} ({held[0]})")
+            ids = held[1] if held else set()
+            self.holds[w] = (kind, ids | {cmd.id})
+
+    def _release(self, cmd):
+        for w in list(self.holds):
+            kind, ids = self.holds[w]
+            ids = ids - {cmd.id}
+            if ids:
+                self.holds[w] = (kind, ids)
+            else:
+                del self.holds[w]
+
+    def _issue(self, cmd):
+        W = self.W
+        f = H.decode_command(cmd.words)
+        a = f["args"]
+        if cmd.queue in (0, 1):
+            dram, sram, rows, row_bytes, dstride, sstride = a
+            words = set()
+            for r in range(rows):
+                s0 = sram + r * sstride
+                words.update(range(s0 // W, (s0 + row_bytes - 1) // W + 1))
+            self._touch(cmd, words, "w" if cmd.queue == 0 else "r")
+            flat = self.sram.reshape(-1)
+            for r in range(rows):
+                d0, s0 = dram + r * dstride, sram + r * sstride
+                if cmd.queue == 0:
+                    flat[s0:s0 + row_bytes] = self.dram[d0:d0 + row_bytes]
+                else:
+                    self.dram[d0:d0 + row_bytes] = flat[s0:s0 + row_bytes]
+            return
+        cfg = self.cfg
+        R, C, L = cfg.pe_rows, cfg.pe_cols, cfg.pe_lanes
+        a_addr, b_addr = a[0] & 0xFFFF, a[0] >> 16
+        c_addr, p_addr = a[1] & 0xFFFF, a[1] >> 16
+        steps, mt, nt = a[2] & 0xFFFF, (a[2] >> 16) & 0xFF, a[2] >> 24
+        raw = a[3] & 1
+        self._touch(cmd, set(range(a_addr, a_addr + mt * steps)), "r")
+        self._touch(cmd, set(range(b_addr, b_addr + nt * steps)), "r")
+        self._touch(cmd, set(range(p_addr, p_addr + 3 * nt)), "r")
+        self._touch(cmd, set(range(c_addr, c_addr + mt * nt * R)), "w")
+        A = self.sram[a_addr:a_addr + mt * steps, :R * L].view(np.int8) \
+            .reshape(mt, steps, R, L).transpose(0, 2, 1, 3).reshape(mt * R, steps * L)
+        B = self.sram[b_addr:b_addr + nt * steps, :C * L].view(np.int8) \
+            .reshape(nt, steps, C, L).transpose(1, 3, 0, 2).reshape(steps * L, nt * C)
+        acc = ref_matmul(np.ascontiguousarray(A), np.ascontiguousarray(B))
+        assert raw, "the plan model checks raw outputs only"
+        p = self.sram[p_addr:p_addr + 3 * nt]
+        bias = np.concatenate([p[3 * j, :4 * C].view("<i4") for j in range(nt)])
+        out = ref_bias_add(acc, bias.astype(np.int64))
+        rows = out.reshape(mt, R, nt, C).transpose(0, 2, 1, 3).reshape(-1, C)
+        self.sram[c_addr:c_addr + len(rows), :4 * C] = \
+            np.ascontiguousarray(rows.astype("<i4")).view(np.uint8)
+
+    def run(self):
+        steps = 0
+        while any(self.queues) or any(self.flight):
+            steps += 1
+            assert steps < 100_000, "no progress: deadlock"
+            moves = []
+            for q in range(3):
+                if self.queues[q] and len(self.flight[q]) < self.inflight:
+                    f = H.decode_command(self.queues[q][0].words)
+                    waits = [w for w in (f["wait"], f["wait2"]) if w != H.SEM_NONE]
+                    if all(self.sems[w] for w in waits):
+                        moves.append(("issue", q))
+                if self.flight[q]:
+                    moves.append(("done", q))
+            assert moves, f"deadlock: sems {self.sems[:4]}, heads " \
+                          f"{[qq[0].note if qq else None for qq in self.queues]}"
+            kind, q = moves[self.rng.integers(len(moves))]
+            if kind == "issue":
+                cmd = self.queues[q].pop(0)
+                f = H.decode_command(cmd.words)
+                for w in (f["wait"], f["wait2"]):
+                    if w != H.SEM_NONE:
+                        self.sems[w] -= 1
+                self._issue(cmd)
+                self.flight[q].append(cmd)
+            else:
+                cmd = self.flight[q].pop(0)
+                self._release(cmd)
+                f = H.decode_command(cmd.words)
+                for s in (f["signal"], f["signal2"]):
+                    if s != H.SEM_NONE:
+                        self.sems[s] += 1
+        assert self.sems[:4] == [2, 0, 2, 0], f"semaphores unbalanced at the end: {self.sems[:4]}"
+
+
+@pytest.mark.parametrize("preset", ["tiny", "default"])
+def test_plan_is_race_free(preset):
+    """Plans of many shapes (both loop orders, edge blocks, K filling a bank), executed in random
+    legal orders, never race on a scratchpad buffer, never deadlock, and leave exactly C (and
+    nothing else) written in DRAM."""
+    cfg = get_preset(preset)
+    R, C, L, d, W = cfg.pe_rows, cfg.pe_cols, cfg.pe_lanes, cfg.sram_depth, cfg.bus_bytes
+    rng = np.random.default_rng(1)
+    shapes = [(1, 1, 1), (R + 1, L + 1, C + 1), (23 * R + 1, 9 * L + 2, 12 * C - 1),
+              (R + 1, 9 * L + 1, 40 * C + 1), (3 * R, (d - 1) * L + 1, 2 * C),
+              (40 * R, 1, 3 * C)]
+    inners = set()
+    for M, K, N in shapes:
+        a = rng.integers(-128, 128, (M, K), np.int8)
+        b = rng.integers(-128, 128, (K, N), np.int8)
+        bias = rng.integers(-2**31, 2**31, N, dtype=np.int64)
+        lay = H.dram_layout(cfg, M, K, N, raw=True, offsets=(0, 8, 16, 3))
+        plan = H.plan_gemm(cfg, M, K, N, a_addr=lay.a_addr, b_addr=lay.b_addr,
+                           p_addr=lay.p_addr, c_addr=lay.c_addr, raw=True)
+        inners.add(plan.inner)
+        for trial in range(2):
+            dram = rng.integers(0, 256, lay.size, np.uint8)
+            for addr, words in ((lay.a_addr, pack_a(a, rows=R, lanes=L, word_bytes=W)),
+                                (lay.b_addr, pack_b(b, cols=C, lanes=L, word_bytes=W)),
+                                (lay.p_addr, H.pack_params(bias, np.zeros(N), np.zeros(N),
+                                                           cols=C, word_bytes=W))):
+                dram[addr:addr + words.size] = words.reshape(-1)
+            expected = dram.copy()
+            expected[lay.c_addr:lay.c_addr + lay.c_bytes] = np.ascontiguousarray(
+                ref_bias_add(ref_matmul(a, b), bias).astype("<i4")).view(np.uint8).reshape(-1)
+            PlanModel(cfg, plan, dram, rng, inflight=1 + trial * 3).run()
+            bad = np.flatnonzero(dram != expected)
+            assert not len(bad), f"{(M, K, N)}: DRAM differs at {len(bad)} bytes"
+        assert plan.array_steps == plan.m_tiles * plan.n_tiles * plan.steps
+    assert inners == {"a", "b"}
+
+
+def _gemm_without_wait(plan):
+    cmds = []
+    for c in plan.commands:
+        if c.queue == 2:
+            w = list(c.words)
+            w[0] |= 31 << 6                     # wait = none: no wait for the operands
+            c = H.Command(c.queue, tuple(w), c.note)
+        cmds.append(c)
+    return cmds
+
+
+@pytest.mark.parametrize("mutation", ["ops_free_3", "c_free_3", "gemm_no_wait"])
+def test_plan_model_catches_a_race(mutation):
+    """The model is not blind: with a third operand (or result) job in two slots, or a GEMM
+    that does not wait for its loads, it finds the race."""
+    cfg = get_preset("tiny")
+    M, K, N = 47, 38, 23
+    lay = H.dram_layout(cfg, M, K, N, raw=True)
+    plan = H.plan_gemm(cfg, M, K, N, a_addr=lay.a_addr, b_addr=lay.b_addr, p_addr=lay.p_addr,
+                       c_addr=lay.c_addr, raw=True)
+    sems, cmds = dict(plan.semaphores), plan.commands
+    if mutation == "ops_free_3":
+        sems[H.SEM_OPS_FREE] = 3
+    elif mutation == "c_free_3":
+        sems[H.SEM_C_FREE] = 3
+    else:
+        cmds = _gemm_without_wait(plan)
+    bad = H.GemmPlan(**{**plan.__dict__, "semaphores": sems, "commands": cmds})
+    with pytest.raises(AssertionError, match="race on scratchpad word"):
+        for seed in range(50):
+            PlanModel(cfg, bad, np.zeros(lay.size, np.uint8), np.random.default_rng(seed)).run()
+
+
+def test_plan_commands_and_limits():
+    cfg = get_preset("tiny")
+    R, C, L, W, d = cfg.pe_rows, cfg.pe_cols, cfg.pe_lanes, cfg.bus_bytes, cfg.sram_depth
+    with pytest.raises(ValueError, match=f"K = {d * L + 1} needs"):
+        H.plan_gemm(cfg, 4, d * L + 1, 4, a_addr=0, b_addr=0, p_addr=0, c_addr=0, raw=True)
+    H.plan_gemm(cfg, 4, d * L, 4, a_addr=0, b_addr=0, p_addr=0, c_addr=0, raw=True)
+    with pytest.raises(ValueError, match="M must be a positive integer"):
+        H.plan_gemm(cfg, 0, 4, 4, a_addr=0, b_addr=0, p_addr=0, c_addr=0, raw=True)
+    with pytest.raises(ValueError, match="8 scratchpad banks"):
+        H.plan_gemm(cfg.replace(sram_banks=4), 4, 4, 4, a_addr=0, b_addr=0, p_addr=0,
+                    c_addr=0, raw=True)
+    # Stores are clipped at the matrix edge: 5×3 INT8 on a 2×2 array, C at 0x1000.
+    plan = H.plan_gemm(cfg, 5, 3, 3, a_addr=0, b_addr=0x100, p_addr=0x200, c_addr=0x1000,
+                       raw=False, first_id=7)
+    stores = [H.decode_command(c.words) for c in plan.commands if c.queue == 1]
+    got = sorted((s["args"][0] - 0x1000, s["args"][2], s["args"][3]) for s in stores)
+    assert got == [(0, 2, 2), (2, 2, 1), (6, 2, 2), (8, 2, 1), (12, 1, 2), (14, 1, 1)]
+    assert all(s["args"][4] == 3 and s["args"][5] == W for s in stores)
+    ids = [c.id for c in plan.commands]
+    assert ids == list(range(7, 7 + len(ids)))
+    # Block limits: every block fits a bank, and the GEMM fields.
+    for M, K, N in itertools.product((1, 7, 300), (1, 50, d * L), (1, 9, 400)):
+        p = H.plan_gemm(cfg, M, K, N, a_addr=0, b_addr=0, p_addr=0, c_addr=0, raw=True)
+        assert p.mb * p.steps <= d and p.nb * p.steps <= d and 3 * p.nb <= d
+        assert p.mb * p.nb * R <= d and p.mb <= 255 and p.nb <= 255
+        assert p.m_blocks * p.mb >= p.m_tiles and p.n_blocks * p.nb >= p.n_tiles
+    w = H.command_words(3, 0xABCD, [1, 2, 3, 4, 5, 6], wait=1, signal=2, wait2=3, signal2=4)
+    assert H.decode_command(w) == {"opcode": 3, "wait": 1, "signal": 2, "id": 0xABCD,
+                                   "wait2": 3, "signal2": 4, "args": [1, 2, 3, 4, 5, 6]}
