@@ -12,7 +12,7 @@ PART   ?= top
 # pytest-xdist workers for the regressions.
 JOBS   ?= auto
 
-.PHONY: help venv sim test test-slow verilog lint clean distclean
+.PHONY: help venv sim test test-slow verilog lint firmware clean distclean
 
 help:
 	@echo "make sim                  cocotb regression on Verilator (tiny and default presets)"
@@ -20,6 +20,7 @@ help:
 	@echo "make test-slow            the long runs left out of 'make test'"
 	@echo "make verilog CONFIG=p     write build/ember_<p>.v for preset p (default: tiny)"
 	@echo "make lint CONFIG=p        verilator --lint-only -Wall on it, with the documented waivers"
+	@echo "make firmware             build the control core's C firmware (fw/) into build/fw/"
 	@echo "make clean                remove build/ ;  make distclean also removes .venv"
 	@echo "Options: WAVES=1 (dump.vcd per test), EMBER_SEED=n (replay a random test), JOBS=n"
 
@@ -44,6 +45,10 @@ verilog: $(STAMP)
 
 lint: verilog
 	$(PY) -m sim lint --config $(CONFIG) --part $(PART)
+
+firmware: $(STAMP)
+	$(PY) -m sim regmap --c
+	$(PY) -m sim.firmware
 
 clean:
 	rm -rf build .pytest_cache
