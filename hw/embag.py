@@ -1,0 +1,1046 @@
+"""The embedding-bag engine: gathers table rows from DRAM through the DMA and pools them.
+
+Semantics (golden model: ``sim/golden_embag.py``)
+-------------------------------------------------
+One command pools ``bags`` bags of one INT8 table ``W[rows, dim]`` held in DRAM (Caffe2
+SparseLengthsSum, PyTorch ``nn.EmbeddingBag``). Bag ``b`` takes the next ``lengths[b]`` entries of
+the index list. Output ``Y[b]`` is an INT32 vector of ``dim`` lanes:
+
+- ``MODE_SUM`` (0): ``Σ W[i]``;
+- ``MODE_MEAN`` (1): the sum divided by the bag's length, rounded half away from zero:
+  ``sign(s)·floor((|s| + floor(n/2)) / n)``;
+- ``MODE_WEIGHTED`` (2): ``Σ w_j·W[i_j]`` with **int8** per-sample weights (one per index); the
+  int8×int8 products are exact and accumulate in int32.
+
+Sums wrap in int32 (two's complement). An empty bag gives zeros. ``dim`` is any value in
+``[1, max_dim]``. TBE (several tables, one output row of ``Σ dim`` lanes per bag) is one command
+per table: ``out_stride`` is the output row pitch and ``out_addr`` the table's column offset, so
+the tables' pooled vectors land side by side in the same rows.
+
+Command (``cmd``, :attr:`EmbeddingBagEngine.cmd_layout`, least significant field first)
+---------------------------------------------------------------------------------------
+==============  ====================  =============================================================
+field           width                 meaning
+==============  ====================  =============================================================
+``idx_addr``    ``sram_addr_width``   scratchpad word address of the int32 index list
+``len_addr``    ``sram_addr_width``   word address of the int32 per-bag lengths
+``wgt_addr``    ``sram_addr_width``   word address of the int8 per-sample weights (weighted mode)
+``out_addr``    ``SB``                scratchpad byte address of bag 0's output (multiple of 4)
+``out_stride``  ``SB``                bytes from one bag's output to the next (multiple of 4)
+``table_addr``  ``addr_width``        DRAM byte address of row 0 (any alignment)
+``rows``        32                    table rows: an index must lie in ``[0, rows)``
+``row_stride``  ``addr_width``        DRAM bytes from one row to the next (any value)
+``dim``         16                    bytes per row = INT32 lanes per output, 1..``max_dim``
+``bags``        32                    number of bags (0 is a valid, empty job)
+``mode``        2                     0 sum, 1 mean, 2 weighted sum
+``tag``         ``tag_width``         returned in the completion
+==============  ====================  =============================================================
+
+(``SB = sram_addr_width + log2(data_bytes)``.) The lists are packed little-endian from their
+first word: index/length ``j`` is bytes ``4j..4j+3``, weight ``j`` is byte ``j``. They are put in
+the scratchpad beforehand by ordinary DMA loads. Bag ``b``'s output is ``dim`` INT32 values at
+bytes ``out_addr + b·out_stride + 4·d``; nothing else in the scratchpad is written except the
+staging ring.
+
+Completion (``done``): ``{tag, error}``; the error codes are
+
+- 0 ``ERR_OK``;
+- 1 ``ERR_INDEX``: an index outside ``[0, rows)``; ``error_bag``/``error_pos`` name its bag and
+  its position in the bag. It is refused before any descriptor is made for it;
+- 2 ``ERR_LENGTH``: a negative length (``error_bag`` is that bag, ``error_pos`` 0);
+- 3 ``ERR_MALFORMED``: ``dim`` is 0 or above ``max_dim``, ``mode`` is 3, or ``out_addr`` or
+  ``out_stride`` is not a multiple of 4;
+- 4 ``ERR_RANGE``: the output area runs past the end of the scratchpad;
+- 5 ``ERR_CANCELLED``: ``cancel`` was raised while the job ran; ``error_bag`` is the first bag
+  not written (and ``error_pos`` the rows of it already pooled);
+- ``8 + e`` ``ERR_GATHER``: the gather of a row completed with DMA error ``e`` (1 SLVERR,
+  2 DECERR; 3 and 4 would be an engine bug); ``error_bag``/``error_pos`` name the row.
+
+Codes 3 and 4 are decided before anything happens. For the others the job stops at the failing
+row (or where ``cancel`` found it): every bag before the failing one is written, the failing bag
+and everything after it are not, no descriptor is made after an index or length error, and the
+job completes once every gather it issued has completed, so the next job starts clean.
+``error_code``, ``error_bag``, ``error_pos`` hold the last failing job's values (sticky until the
+next error).
+
+Structure
+---------
+Issuer
+    Three list readers share one scratchpad port (``list_rd``) and prefetch the lengths, indices
+    and weights. Per row, the issuer checks the index against ``rows`` (an out-of-range index
+    never becomes a DMA read), allocates a ring slot and emits a DMA load descriptor on
+    ``gather`` (``dram_addr = table_addr + index·row_stride`` through one registered multiply,
+    ``rows = 1``, ``row_bytes = dim``, destination = the slot). It also pushes one entry per row
+    (weight, first/last of bag) into a metadata FIFO of ``slots`` entries, plus one entry per
+    empty bag, a final ``END``, or the error. One descriptor per cycle.
+Staging ring
+    Two halves of ``ring_half`` words at ``ring_base`` and ``ring_base + ring_half``; a slot is
+    ``w = ceil(dim / data_bytes)`` words, and consecutive slots alternate between the halves. Up to
+    ``min(slots, 2·floor(ring_half / w))`` gathers are in flight, so DRAM latency is hidden.
+    Software places the two halves in two banks that nothing else uses during the job.
+Completions
+    ``gather_done`` is always ready; completions arrive in order (the DMA completes loads in
+    order), each one advances the completion pointer. The first DMA error is remembered with its
+    slot; the issuer stops at once.
+Pooler
+    Reads each completed slot (``slot_rd``, one word per cycle) in order and adds its INT8 lanes
+    (times the weight) into INT32 accumulators: a memory of two buffers of ``ceil(max_dim / W)``
+    words of ``W`` lanes, read-modify-write in two stages (the read port is transparent to the
+    write port, so back-to-back rows of one word need no stall). Bags alternate between the two
+    buffers, so one bag is written out while the next accumulates.
+Drain and writer
+    Reads a finished buffer as INT32 words of ``W/4`` lanes, divides them in mean mode (an
+    iterative divider of ``div_steps`` quotient bits per cycle on ``W/4`` lanes at once), and
+    realigns them to the output address with the DMA's byte realigner (``out_addr`` and
+    ``out_stride`` need only be multiples of 4, so TBE columns pack densely); partial words are
+    written with byte masks (``out_wr``).
+
+Why the ring alternates halves, and ``dma_wr``
+    Every gathered word is written into the ring by the DMA and read back by the pooler, and a
+    scratchpad bank does one access per cycle. If the two met in one bank, round-robin would give
+    each half the cycles and cap the gather rate at 50% of the bus. So slots alternate between two
+    banks, and the pooler watches the DMA's scratchpad write request (``dma_wr``: its valid and
+    word address) and never asks for the bank the DMA is writing in that cycle: the DMA (and so
+    the AXI R channel) never waits for the pooler, and the pooler settles into reading one bank
+    while the DMA fills the other. ``dma_wr`` only affects timing: tied to 0 the engine is still
+    correct, it just competes with the DMA (measured on ``tiny``, dim 64, no latency: 0.79 of the
+    bus instead of 0.98). ``bank_words`` (the scratchpad's ``depth``) says how addresses map to
+    banks; the default ring (:func:`embag_params`) is the scratchpad's last two banks.
+
+Throughput: one descriptor per cycle, one slot word pooled per cycle, one output word per cycle
+(sum/weighted); mean costs about ``ceil(33 / div_steps) + 2`` cycles per output word. The bus is
+the limit once ``outstanding`` rows of ``ceil(dim / W)`` beats cover the DRAM latency (Little's
+law). Measured (``tests/test_embag.py``, aligned rows, uniform indices, fraction of the bus's
+bytes per cycle from command to completion): dim 64 at latency 0: 0.98 (``tiny``), 0.95
+(``default``, one-beat rows); at latency 100 the presets' ``outstanding`` (8, 16) give 0.57 and
+0.15, the Little's-law bound; with ``outstanding = 64``: 0.96 (``tiny``), 0.59 (``default``, the
+bound for one-beat rows), and dim 256 on ``default`` 0.93. One job runs at a time; the next is
+accepted when the previous has completed.
+
+Requantisation of the pooled vectors (INT32 → INT8, ``hw/requant.py``) is not included. It would
+sit between the divider and the realigner: ``Requant`` takes ``cols`` INT32 lanes per beat with
+per-column parameters, so a ``W/4``-lane instance fed with per-table (broadcast) parameters would
+turn each source word into ``W/4`` bytes, and the realigner would then pack ``dim`` bytes per bag.
+"""
+
+from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal, signed
+from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .dma import DMA, _Realigner
+from .sram import Scratchpad, sram_port_signature
+
+__all__ = [
+    "EmbeddingBagEngine", "GatherArbiter", "embag_params", "MODE_SUM", "MODE_MEAN",
+    "MODE_WEIGHTED", "ERR_OK", "ERR_INDEX", "ERR_LENGTH", "ERR_MALFORMED", "ERR_RANGE",
+    "ERR_CANCELLED", "ERR_GATHER", "ERR_WIDTH",
+]
+
+MODE_SUM, MODE_MEAN, MODE_WEIGHTED = 0, 1, 2
+ERR_OK, ERR_INDEX, ERR_LENGTH, ERR_MALFORMED, ERR_RANGE, ERR_CANCELLED, ERR_GATHER = \
+    0, 1, 2, 3, 4, 5, 8
+ERR_WIDTH = 4
+
+# Metadata FIFO entry kinds (issuer → pooler) and pooler → drain request kinds.
+_M_GATHER, _M_EMPTY, _M_END, _M_ERROR = 0, 1, 2, 3
+_K_BAG, _K_EMPTY, _K_END, _K_ABORT = 0, 1, 2, 3
+_DRAIN_DEPTH = 8     # pooler → drain requests
+_SRC_DEPTH = 4       # drain's accumulator words waiting for the divider / realigner
+_ROWS_DEPTH = 4      # output rows waiting in front of the realigner
+
+
+def _check_int(name, value, minimum, maximum=None, *, pow2=False):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, not {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"at least {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"{name} must be {bound}, not {value!r}")
+    if pow2 and value & (value - 1):
+        raise ValueError(f"{name} must be a power of two, not {value!r}")
+
+
+def embag_params(config, **changes):
+    """Engine parameters for an :class:`~hw.config.EmberConfig`: the scratchpad geometry, and the
+    staging ring in the scratchpad's last two banks. ``changes`` override any of them."""
+    words = config.sram_banks * config.sram_depth
+    params = dict(
+        data_bytes=config.bus_bytes, addr_width=config.axi_addr_width,
+        sram_addr_width=words.bit_length() - 1, sram_words=words,
+        bank_words=config.sram_depth, tag_width=16, max_dim=1024,
+        ring_base=(config.sram_banks - 2) * config.sram_depth, ring_half=config.sram_depth,
+        slots=256, div_steps=4,
+    )
+    unknown = set(changes) - set(params)
+    if unknown:
+        raise TypeError(f"unknown engine parameters {sorted(unknown)!r}")
+    params.update(changes)
+    return params
+
+
+class GatherArbiter(wiring.Component):
+    """2:1 arbiter in front of the DMA's load queue, completions routed back by a tag bit.
+
+    Two descriptor streams with ``tag_width``-bit tags (``load``: the command processor's load
+    queue; ``gather``: the embedding-bag engine) share the DMA's ``load`` queue, whose tags are
+    one bit wider: the arbiter puts the source in bit ``tag_width`` (0 load, 1 gather). The DMA
+    completes loads in order, and each completion goes back to the stream named by that bit, with
+    the bit removed. Arbitration is round-robin per descriptor: while both wait, they alternate.
+    A descriptor offered on ``dma`` stays there, unchanged, until the DMA takes it.
+
+    Parameters
+    ----------
+    addr_width, sram_addr_width, data_bytes : int
+        As for :class:`~hw.dma.DMA`.
+    tag_width : int
+        Tag width of the two inputs; the DMA is built with ``tag_width + 1``.
+
+    Members
+    -------
+    load, gather : In(stream.Signature(descriptor layout, tag_width))
+    load_done, gather_done : Out(stream.Signature(completion layout, tag_width))
+    dma : Out(stream.Signature(descriptor layout, tag_width + 1))
+        To ``DMA.load``.
+    dma_done : In(stream.Signature(completion layout, tag_width + 1))
+        From ``DMA.load_done``.
+    """
+
+    def __init__(self, *, addr_width, sram_addr_width, data_bytes, tag_width):
+        _check_int("tag_width", tag_width, 1, 31)
+        self.tag_width = tag_width
+        geo = dict(addr_width=addr_width, sram_addr_width=sram_addr_width, data_bytes=data_bytes)
+        self.in_layout = DMA.make_descriptor_layout(**geo, tag_width=tag_width)
+        self.out_layout = DMA.make_descriptor_layout(**geo, tag_width=tag_width + 1)
+        in_done = DMA.make_done_layout(tag_width=tag_width)
+        out_done = DMA.make_done_layout(tag_width=tag_width + 1)
+        super().__init__({
+            "load": In(stream.Signature(self.in_layout)),
+            "gather": In(stream.Signature(self.in_layout)),
+            "load_done": Out(stream.Signature(in_done)),
+            "gather_done": Out(stream.Signature(in_done)),
+            "dma": Out(stream.Signature(self.out_layout)),
+            "dma_done": In(stream.Signature(out_done)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        T = self.tag_width
+        ld, ga, o = self.load, self.gather, self.dma
+
+        prefer_gather = Signal()   # whom to serve when both wait
+        held = Signal()            # a descriptor is on `dma`, not yet taken
+        held_sel = Signal()
+        sel = Signal()             # 1: gather
+        with m.If(held):
+            m.d.comb += sel.eq(held_sel)
+        with m.Else():
+            m.d.comb += sel.eq(Mux(ld.valid & ga.valid, prefer_gather, ga.valid))
+        m.d.comb += [
+            o.valid.eq(Mux(sel, ga.valid, ld.valid)),
+            ld.ready.eq(o.ready & ~sel),
+            ga.ready.eq(o.ready & sel),
+            o.payload.tag.eq(Cat(Mux(sel, ga.payload.tag, ld.payload.tag), sel)),
+        ]
+        for name, _ in self.in_layout:
+            if name != "tag":
+                m.d.comb += getattr(o.payload, name).eq(
+                    Mux(sel, getattr(ga.payload, name), getattr(ld.payload, name)))
+        # Hold the choice only while a descriptor waits on `dma`: should an input withdraw its
+        # valid anyway (the command processor's soft reset), the other is not locked out.
+        m.d.sync += [held.eq(o.valid & ~o.ready), held_sel.eq(sel)]
+        with m.If(o.valid & o.ready):
+            m.d.sync += prefer_gather.eq(~sel)
+
+        d = self.dma_done
+        src = d.payload.tag[T]
+        for out, mine in ((self.load_done, ~src), (self.gather_done, src)):
+            m.d.comb += [
+                out.valid.eq(d.valid & mine),
+                out.payload.tag.eq(d.payload.tag[:T]),
+                out.payload.error.eq(d.payload.error),
+            ]
+        m.d.comb += d.ready.eq(Mux(src, self.gather_done.ready, self.load_done.ready))
+        return m
+
+
+class _ListReader(wiring.Component):
+    """Streams the elements of a packed list from consecutive scratchpad words.
+
+    Reads run ahead of consumption by up to :attr:`DEPTH` words. ``o`` gives one element per
+    cycle (lane 0 of each word first). ``inflight`` counts reads whose data has not arrived.
+    """
+
+    DEPTH = 4
+
+    def __init__(self, *, addr_width, data_bytes, elem_bits):
+        self.data_bytes, self.elem_bits = data_bytes, elem_bits
+        super().__init__({
+            "start": In(1),
+            "base": In(addr_width),
+            "req": Out(stream.Signature(addr_width)),
+            "rsp_valid": In(1),
+            "rsp_data": In(8 * data_bytes),
+            "o": Out(stream.Signature(signed(elem_bits))),
+            "inflight": Out(range(self.DEPTH + 1)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        per = 8 * self.data_bytes // self.elem_bits
+        m.submodules.fifo = buf = fifo.SyncFIFOBuffered(width=8 * self.data_bytes,
+                                                        depth=self.DEPTH)
+        active = Signal()
+        addr = Signal.like(self.req.payload)
+        credit = Signal(range(self.DEPTH + 1))   # words requested and not yet consumed
+        lane = Signal(range(per))
+        issued = self.req.valid & self.req.ready
+        pop = Signal()
+        m.d.comb += [
+            self.req.valid.eq(active & (credit != self.DEPTH)),
+            self.req.payload.eq(addr),
+            buf.w_en.eq(self.rsp_valid),
+            buf.w_data.eq(self.rsp_data),
+            self.o.valid.eq(buf.r_rdy),
+            self.o.payload.eq(buf.r_data.word_select(lane, self.elem_bits)),
+            pop.eq(self.o.valid & self.o.ready & (lane == per - 1)),
+            buf.r_en.eq(pop),
+        ]
+        with m.If(issued):
+            m.d.sync += addr.eq(addr + 1)
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += lane.eq(Mux(lane == per - 1, 0, lane + 1))
+        m.d.sync += [
+            credit.eq(credit + issued - pop),
+            self.inflight.eq(self.inflight + issued - self.rsp_valid),
+        ]
+        with m.If(self.start):
+            m.d.sync += [active.eq(1), addr.eq(self.base)]
+        return m
+
+
+class _MeanDivider(wiring.Component):
+    """``sign(s)·floor((|s| + floor(n/2)) / n)`` on ``lanes`` INT32 lanes with one divisor ``n``.
+
+    Restoring division of the 33-bit ``|s| + floor(n/2)`` by ``n`` (≥ 1), ``steps`` quotient bits
+    per cycle; one word every ``ceil(33 / steps) + 1`` cycles plus the output handshake.
+    """
+
+    BITS = 33
+
+    def __init__(self, *, lanes, steps):
+        self.lanes, self.steps = lanes, steps
+        super().__init__({
+            "i": In(stream.Signature(data.StructLayout({"data": 32 * lanes, "count": 32}))),
+            "o": Out(stream.Signature(32 * lanes)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        U = self.steps
+        cycles = -(-self.BITS // U)
+        NB = cycles * U                       # dividend bits, zero-padded on top
+        running = Signal()
+        it = Signal(range(cycles + 1))
+        divisor = Signal(32)
+        o_full = Signal()
+        neg = [Signal(name=f"neg{i}") for i in range(self.lanes)]
+        num = [Signal(NB, name=f"num{i}") for i in range(self.lanes)]
+        rem = [Signal(32, name=f"rem{i}") for i in range(self.lanes)]
+        quo = [Signal(NB, name=f"quo{i}") for i in range(self.lanes)]
+
+        m.d.comb += [
+            self.i.ready.eq(~running & ~o_full),
+            self.o.valid.eq(o_full),
+            self.o.payload.eq(Cat(Mux(neg[i], -quo[i], quo[i])[:32] for i in range(self.lanes))),
+        ]
+        with m.If(self.o.ready):
+            m.d.sync += o_full.eq(0)
+        with m.If(self.i.valid & self.i.ready):
+            n = self.i.payload.count
+            m.d.sync += [running.eq(1), it.eq(0), divisor.eq(n)]
+            for i in range(self.lanes):
+                s = self.i.payload.data.word_select(i, 32).as_signed()
+                mag = Signal(32, name=f"mag{i}")
+                m.d.comb += mag.eq(Mux(s < 0, -s, s))
+                m.d.sync += [neg[i].eq(s < 0), num[i].eq(mag + (n >> 1)), rem[i].eq(0),
+                             quo[i].eq(0)]
+        with m.If(running):
+            for i in range(self.lanes):
+                r, nn, q = rem[i], num[i], quo[i]
+                for u in range(U):
+                    r2 = Signal(33, name=f"div{i}_r{u}")
+                    ge = Signal(name=f"div{i}_ge{u}")
+                    r_next = Signal(32, name=f"div{i}_rn{u}")
+                    m.d.comb += [
+                        r2.eq(Cat(nn[NB - 1 - u], r)),
+                        ge.eq(r2 >= divisor),
+                        r_next.eq(Mux(ge, r2 - divisor, r2)),
+                    ]
+                    r = r_next
+                    q = Cat(ge, q)[:NB]
+                m.d.sync += [rem[i].eq(r), num[i].eq(nn << U), quo[i].eq(q)]
+            m.d.sync += it.eq(it + 1)
+            with m.If(it == cycles - 1):
+                m.d.sync += [running.eq(0), o_full.eq(1)]
+        return m
+
+
+class _Core(wiring.Component):
+    """The datapath of one job: issuer, completions, pooler, drain and writer.
+
+    Started by ``start`` with ``job`` held stable; reports ``finished`` (one cycle) with
+    ``code``/``err_bag``/``err_pos``; ``quiet`` once no gather and no list read is in flight. The
+    engine then resets it (``ResetInserter``) for the next job.
+    """
+
+    def __init__(self, *, p, job_layout, ptr_layout):
+        self.p = p
+        self.job_layout, self.ptr_layout = job_layout, ptr_layout
+        AW, D, T = p["sram_addr_width"], p["data_bytes"], p["tag_width"]
+        desc = DMA.make_descriptor_layout(addr_width=p["addr_width"], sram_addr_width=AW,
+                                          data_bytes=D, tag_width=T)
+        port = sram_port_signature(addr_width=AW, data_bytes=D)
+        super().__init__({
+            "start": In(1),
+            "cancel": In(1),
+            "job": In(job_layout),
+            "gather": Out(stream.Signature(desc)),
+            "gather_done": In(stream.Signature(DMA.make_done_layout(tag_width=T))),
+            "list_rd": Out(port),
+            "slot_rd": Out(port),
+            "out_wr": Out(port),
+            "dma_wr": In(wiring.Signature({"valid": Out(1), "addr": Out(AW)})),
+            "finished": Out(1),
+            "code": Out(ERR_WIDTH),
+            "err_bag": Out(32),
+            "err_pos": Out(32),
+            "quiet": Out(1),
+        })
+
+    # Ring pointers: (offset in the half, half, lap). Slots alternate halves; within a half they
+    # are `w` words apart and restart at offset 0 (toggling the lap) when the next would not fit.
+    def _next_ptr(self, m, ptr, name):
+        job = self.job
+        nxt = Signal(self.ptr_layout, name=name)
+        off_n = Signal(len(ptr.off) + 1, name=f"{name}_off")
+        m.d.comb += off_n.eq(ptr.off + job.w)
+        with m.If(~ptr.half):
+            m.d.comb += [nxt.off.eq(ptr.off), nxt.half.eq(1), nxt.lap.eq(ptr.lap)]
+        with m.Elif(off_n > job.lim):
+            m.d.comb += [nxt.off.eq(0), nxt.half.eq(0), nxt.lap.eq(~ptr.lap)]
+        with m.Else():
+            m.d.comb += [nxt.off.eq(off_n), nxt.half.eq(0), nxt.lap.eq(ptr.lap)]
+        return nxt
+
+    def _slot_word(self, ptr):
+        p = self.p
+        return (p["ring_base"] + Mux(ptr.half, p["ring_half"], 0) + ptr.off)[:p["sram_addr_width"]]
+
+    def elaborate(self, platform):
+        m = Module()
+        p, job = self.p, self.job
+        D, AW, T = p["data_bytes"], p["sram_addr_width"], p["tag_width"]
+        k = D.bit_length() - 1
+        max_w = -(-p["max_dim"] // D)
+        max_nsrc = -(-4 * p["max_dim"] // D)
+        wb_bits = (max_w - 1).bit_length()        # accumulator words per buffer: 2**wb_bits
+        R = Scratchpad.READ_LATENCY
+        mode_w = job.mode == MODE_WEIGHTED
+
+        # Ring pointers: issue (i), completion (c), pooler read (r).
+        ptr_i = Signal(self.ptr_layout)
+        ptr_c = Signal(self.ptr_layout)
+        ptr_r = Signal(self.ptr_layout)
+        next_i = self._next_ptr(m, ptr_i, "next_i")
+        next_c = self._next_ptr(m, ptr_c, "next_c")
+        next_r = self._next_ptr(m, ptr_r, "next_r")
+
+        # ---------------------------------------------------------------------------------
+        # Completions: in order; remember the first failing slot.
+        err_valid = Signal()
+        err_ptr = Signal(self.ptr_layout)
+        err_dma = Signal(3)
+        gd = self.gather_done
+        m.d.comb += gd.ready.eq(1)
+        with m.If(gd.valid):
+            m.d.sync += ptr_c.eq(next_c)
+            with m.If((gd.payload.error != 0) & ~err_valid):
+                m.d.sync += [err_valid.eq(1), err_ptr.eq(ptr_c), err_dma.eq(gd.payload.error)]
+
+        # ---------------------------------------------------------------------------------
+        # List readers on one port: indices, weights, lengths (fixed priority; each stops when
+        # its buffer is full, so none starves).
+        readers = [
+            _ListReader(addr_width=AW, data_bytes=D, elem_bits=32),
+            _ListReader(addr_width=AW, data_bytes=D, elem_bits=8),
+            _ListReader(addr_width=AW, data_bytes=D, elem_bits=32),
+        ]
+        idx_r, wgt_r, len_r = readers
+        m.submodules.idx_list, m.submodules.wgt_list, m.submodules.len_list = readers
+        m.d.comb += [
+            idx_r.base.eq(job.idx_addr), wgt_r.base.eq(job.wgt_addr),
+            len_r.base.eq(job.len_addr),
+            idx_r.start.eq(self.start), wgt_r.start.eq(self.start & mode_w),
+            len_r.start.eq(self.start),
+        ]
+        lrd = self.list_rd
+        which = Signal(2)
+        with m.If(idx_r.req.valid):
+            m.d.comb += which.eq(0)
+        with m.Elif(wgt_r.req.valid):
+            m.d.comb += which.eq(1)
+        with m.Else():
+            m.d.comb += which.eq(2)
+        m.d.comb += [
+            lrd.req.valid.eq(idx_r.req.valid | wgt_r.req.valid | len_r.req.valid),
+            lrd.req.payload.addr.eq(Mux(which == 0, idx_r.req.payload,
+                                        Mux(which == 1, wgt_r.req.payload, len_r.req.payload))),
+            lrd.req.payload.we.eq(0),
+        ]
+        which_pipe = [Signal(3, name=f"list_pipe{i}") for i in range(R)]  # one-hot
+        granted = Signal(3)
+        for n, rdr in enumerate(readers):
+            m.d.comb += [
+                rdr.req.ready.eq(lrd.req.ready & (which == n)),
+                granted[n].eq(lrd.req.valid & lrd.req.ready & (which == n)),
+                rdr.rsp_valid.eq(lrd.rsp.valid & which_pipe[-1][n]),
+                rdr.rsp_data.eq(lrd.rsp.data),
+            ]
+        m.d.sync += which_pipe[0].eq(granted)
+        for a, b in zip(which_pipe, which_pipe[1:]):
+            m.d.sync += b.eq(a)
+        list_inflight = (idx_r.inflight != 0) | (wgt_r.inflight != 0) | (len_r.inflight != 0)
+
+        # ---------------------------------------------------------------------------------
+        # Issuer.
+        meta_layout = data.StructLayout({"kind": 2, "weight": signed(8), "first": 1, "last": 1,
+                                         "code": ERR_WIDTH})
+        m.submodules.meta = meta = fifo.SyncFIFOBuffered(width=meta_layout.size,
+                                                         depth=p["slots"])
+        meta_in = Signal(meta_layout)
+        meta_push = Signal()
+        m.d.comb += [meta.w_data.eq(meta_in), meta.w_en.eq(meta_push & meta.w_rdy)]
+
+        pool_halted = Signal()
+        iss_run = Signal()
+        in_bag = Signal()
+        bag = Signal(32)
+        cur_len = Signal(32)
+        pos = Signal(32)
+        iss_err_bag = Signal(32)
+        iss_err_pos = Signal(32)
+        s2_valid = Signal()
+        s2_prod = Signal(p["addr_width"])
+        s2_sram = Signal(AW)
+        s2_tag = Signal(T)
+        g = self.gather
+        s2_free = ~s2_valid | g.ready
+        ring_full = ((ptr_i.off == ptr_r.off) & (ptr_i.half == ptr_r.half)
+                     & (ptr_i.lap != ptr_r.lap))
+        m.d.comb += [
+            g.valid.eq(s2_valid),
+            g.payload.dram_addr.eq(job.table_addr + s2_prod),
+            g.payload.sram_addr.eq(Cat(Const(0, k), s2_sram)),
+            g.payload.rows.eq(1),
+            g.payload.row_bytes.eq(job.dim),
+            g.payload.dram_stride.eq(0),
+            g.payload.sram_stride.eq(0),
+            g.payload.tag.eq(s2_tag),
+        ]
+        with m.If(g.valid & g.ready):
+            m.d.sync += s2_valid.eq(0)
+
+        length = len_r.o.payload
+        index = idx_r.o.payload
+        last_row = pos == (cur_len - 1)[:32]
+        with m.If(self.start):
+            m.d.sync += iss_run.eq(1)
+        with m.If(iss_run & ~err_valid & ~pool_halted & ~self.cancel):
+            with m.If(~in_bag):
+                with m.If(bag == job.bags):
+                    m.d.comb += [meta_push.eq(1), meta_in.kind.eq(_M_END)]
+                    with m.If(meta.w_rdy):
+                        m.d.sync += iss_run.eq(0)
+                with m.Elif(len_r.o.valid):
+                    with m.If(length < 0):
+                        m.d.comb += [meta_push.eq(1), meta_in.kind.eq(_M_ERROR),
+                                     meta_in.code.eq(ERR_LENGTH)]
+                        with m.If(meta.w_rdy):
+                            m.d.sync += [iss_run.eq(0), iss_err_bag.eq(bag), iss_err_pos.eq(0)]
+                    with m.Elif(length == 0):
+                        m.d.comb += [meta_push.eq(1), meta_in.kind.eq(_M_EMPTY)]
+                        with m.If(meta.w_rdy):
+                            m.d.comb += len_r.o.ready.eq(1)
+                            m.d.sync += bag.eq(bag + 1)
+                    with m.Else():
+                        m.d.comb += len_r.o.ready.eq(1)
+                        m.d.sync += [in_bag.eq(1), cur_len.eq(length), pos.eq(0)]
+            with m.Else():
+                have = idx_r.o.valid & (~mode_w | wgt_r.o.valid)
+                bad = (index < 0) | (index.as_unsigned() >= job.rows)
+                with m.If(have & bad):
+                    m.d.comb += [meta_push.eq(1), meta_in.kind.eq(_M_ERROR),
+                                 meta_in.code.eq(ERR_INDEX)]
+                    with m.If(meta.w_rdy):
+                        m.d.sync += [iss_run.eq(0), iss_err_bag.eq(bag), iss_err_pos.eq(pos)]
+                with m.Elif(have & s2_free & ~ring_full):
+                    m.d.comb += [
+                        meta_push.eq(1),
+                        meta_in.kind.eq(_M_GATHER),
+                        meta_in.weight.eq(Mux(mode_w, wgt_r.o.payload, 1)),
+                        meta_in.first.eq(pos == 0),
+                        meta_in.last.eq(last_row),
+                    ]
+                    with m.If(meta.w_rdy):
+                        m.d.comb += [idx_r.o.ready.eq(1), wgt_r.o.ready.eq(mode_w)]
+                        m.d.sync += [
+                            s2_valid.eq(1),
+                            s2_prod.eq(index[:31] * job.row_stride),
+                            s2_sram.eq(self._slot_word(ptr_i)),
+                            s2_tag.eq(s2_tag + 1),
+                            ptr_i.eq(next_i),
+                            pos.eq(pos + 1),
+                        ]
+                        with m.If(last_row):
+                            m.d.sync += [in_bag.eq(0), bag.eq(bag + 1)]
+
+        # ---------------------------------------------------------------------------------
+        # Pooler: completed slots → accumulators.
+        acc_width = 32 * D
+        acc = Memory(shape=acc_width, depth=2 << wb_bits, init=[])
+        m.submodules.acc = acc
+        acc_wr = acc.write_port()
+        acc_rd = acc.read_port(transparent_for=(acc_wr,))
+        acc_drain = acc.read_port(transparent_for=())
+
+        drain_layout = data.StructLayout({"kind": 2, "buf": 1, "count": 32, "code": ERR_WIDTH})
+        m.submodules.drain_q = dq = fifo.SyncFIFOBuffered(width=drain_layout.size,
+                                                          depth=_DRAIN_DEPTH)
+        tok_layout = data.StructLayout({
+            "valid": 1, "kind": 2, "k": range(max_w + 1), "first": 1, "buf": 1,
+            "weight": signed(8), "bag_end": 1, "count": 32, "code": ERR_WIDTH,
+        })
+
+        head = data.View(meta_layout, meta.r_data)
+        kk = Signal(range(max_w + 1))
+        cnt = Signal(32)
+        bagno = Signal(32)
+        next_buf = Signal()
+        cur_buf = Signal()
+        busy = Signal(2)
+        free_buf = Signal(2)          # drain: buffer read out (one-cycle pulses)
+        reserved = Signal(range(_DRAIN_DEPTH + 1))   # drain pushes in the pipeline
+        pool_err_bag = Signal(32)
+        pool_err_pos = Signal(32)
+
+        rd_addr = Signal(AW)
+        m.d.comb += rd_addr.eq(self._slot_word(ptr_r) + kk)
+        bank_shift = p["bank_words"].bit_length() - 1
+        clash = self.dma_wr.valid & ((self.dma_wr.addr >> bank_shift) == (rd_addr >> bank_shift))
+        completed = ptr_r.as_value() != ptr_c.as_value()
+        failed = err_valid & (ptr_r.as_value() == err_ptr.as_value())
+        last_word = kk == job.w - 1
+        starting = head.first & (kk == 0)
+        buf_ok = ~starting | ~busy.bit_select(next_buf, 1)
+        credit_ok = (dq.level + reserved) < _DRAIN_DEPTH
+        have_entry = meta.r_rdy & ~pool_halted
+
+        tok = Signal(tok_layout)
+        pushes = Signal()             # the token issued this cycle will push a drain request
+        m.d.comb += [
+            self.slot_rd.req.payload.addr.eq(rd_addr),
+            self.slot_rd.req.payload.we.eq(0),
+        ]
+        with m.If(self.cancel & ~pool_halted):
+            # Stop where we are: bags already complete are still written, nothing after.
+            with m.If(credit_ok):
+                m.d.comb += [tok.valid.eq(1), tok.kind.eq(_K_ABORT), tok.code.eq(ERR_CANCELLED),
+                             pushes.eq(1)]
+                m.d.sync += [pool_halted.eq(1), pool_err_bag.eq(bagno), pool_err_pos.eq(cnt)]
+        with m.Elif(have_entry):
+            with m.Switch(head.kind):
+                with m.Case(_M_GATHER):
+                    with m.If(failed):
+                        with m.If(credit_ok):
+                            m.d.comb += [tok.valid.eq(1), tok.kind.eq(_K_ABORT),
+                                         tok.code.eq(ERR_GATHER | err_dma), pushes.eq(1)]
+                            m.d.sync += [pool_halted.eq(1), pool_err_bag.eq(bagno),
+                                         pool_err_pos.eq(Mux(head.first, 0, cnt))]
+                    with m.Elif(completed & buf_ok & ~clash & (~(head.last & last_word)
+                                                               | credit_ok)):
+                        m.d.comb += self.slot_rd.req.valid.eq(1)
+                        with m.If(self.slot_rd.req.ready):
+                            m.d.comb += [
+                                tok.valid.eq(1), tok.kind.eq(_K_BAG), tok.k.eq(kk),
+                                tok.first.eq(head.first),
+                                tok.buf.eq(Mux(starting, next_buf, cur_buf)),
+                                tok.weight.eq(head.weight),
+                                tok.bag_end.eq(head.last & last_word),
+                                tok.count.eq(Mux(head.first, 1, cnt + 1)),
+                                pushes.eq(head.last & last_word),
+                            ]
+                            with m.If(starting):
+                                m.d.sync += [cur_buf.eq(next_buf), next_buf.eq(~next_buf)]
+                            with m.If(last_word):
+                                m.d.comb += meta.r_en.eq(1)
+                                m.d.sync += [
+                                    kk.eq(0), ptr_r.eq(next_r),
+                                    cnt.eq(Mux(head.last, 0, Mux(head.first, 1, cnt + 1))),
+                                ]
+                                with m.If(head.last):
+                                    m.d.sync += bagno.eq(bagno + 1)
+                            with m.Else():
+                                m.d.sync += kk.eq(kk + 1)
+                with m.Case(_M_EMPTY):
+                    with m.If(credit_ok):
+                        m.d.comb += [tok.valid.eq(1), tok.kind.eq(_K_EMPTY), tok.count.eq(1),
+                                     pushes.eq(1), meta.r_en.eq(1)]
+                        m.d.sync += bagno.eq(bagno + 1)
+                with m.Case(_M_END):
+                    with m.If(credit_ok):
+                        m.d.comb += [tok.valid.eq(1), tok.kind.eq(_K_END), pushes.eq(1),
+                                     meta.r_en.eq(1)]
+                        m.d.sync += pool_halted.eq(1)
+                with m.Case(_M_ERROR):
+                    with m.If(credit_ok):
+                        m.d.comb += [tok.valid.eq(1), tok.kind.eq(_K_ABORT),
+                                     tok.code.eq(head.code), pushes.eq(1), meta.r_en.eq(1)]
+                        m.d.sync += [pool_halted.eq(1), pool_err_bag.eq(iss_err_bag),
+                                     pool_err_pos.eq(iss_err_pos)]
+
+        # Buffer ownership: taken when a bag's first word is read, given back by the drain.
+        take = Signal(2)
+        with m.If(self.slot_rd.req.valid & self.slot_rd.req.ready & starting):
+            m.d.comb += take.bit_select(next_buf, 1).eq(1)
+        m.d.sync += busy.eq((busy | take) & ~free_buf)
+
+        # Tokens travel with the scratchpad read: READ_LATENCY stages, then A (products,
+        # accumulator read) and B (accumulate, write; drain requests).
+        pipe = [Signal(tok_layout, name=f"tok_d{i}") for i in range(R)]
+        m.d.sync += pipe[0].eq(tok)
+        for a, b in zip(pipe, pipe[1:]):
+            m.d.sync += b.eq(a)
+        tok_a = pipe[-1]
+        x = self.slot_rd.rsp.data
+        prods = Signal(16 * D)
+        for lane in range(D):
+            m.d.comb += prods.word_select(lane, 16).eq(
+                x.word_select(lane, 8).as_signed() * tok_a.weight)
+        m.d.comb += [acc_rd.addr.eq(Cat(tok_a.k[:wb_bits], tok_a.buf)), acc_rd.en.eq(1)]
+        tok_b = Signal(tok_layout)
+        prods_b = Signal(16 * D)
+        m.d.sync += [tok_b.eq(tok_a), prods_b.eq(prods)]
+        summed = Signal(acc_width)
+        for lane in range(D):
+            old = Mux(tok_b.first, 0, acc_rd.data.word_select(lane, 32))
+            m.d.comb += summed.word_select(lane, 32).eq(
+                old + prods_b.word_select(lane, 16).as_signed())
+        is_word = tok_b.valid & (tok_b.kind == _K_BAG)
+        m.d.comb += [
+            acc_wr.addr.eq(Cat(tok_b.k[:wb_bits], tok_b.buf)),
+            acc_wr.data.eq(summed),
+            acc_wr.en.eq(is_word),
+        ]
+        dreq = Signal(drain_layout)
+        b_push = tok_b.valid & ((tok_b.kind != _K_BAG) | tok_b.bag_end)
+        m.d.comb += [
+            dreq.kind.eq(tok_b.kind), dreq.buf.eq(tok_b.buf), dreq.count.eq(tok_b.count),
+            dreq.code.eq(tok_b.code),
+            dq.w_data.eq(dreq), dq.w_en.eq(b_push),
+        ]
+        m.d.sync += reserved.eq(reserved + pushes - b_push)
+
+        # ---------------------------------------------------------------------------------
+        # Drain: accumulator words (W/4 INT32 lanes each) → [divider] → realigner → out_wr.
+        realign = m.submodules.realign = _Realigner(
+            data_bytes=D, max_beats=max_nsrc + 1, word_width=AW, tag_width=1)
+        m.submodules.out_rows = rows_q = fifo.SyncFIFOBuffered(
+            width=realign.row_layout.size, depth=_ROWS_DEPTH)
+        src_layout = data.StructLayout({"data": 8 * D, "count": 32})
+        m.submodules.src = src_q = fifo.SyncFIFOBuffered(width=src_layout.size,
+                                                         depth=_SRC_DEPTH)
+        m.submodules.divider = div = _MeanDivider(lanes=D // 4, steps=p["div_steps"])
+
+        dh = data.View(drain_layout, dq.r_data)
+        sw = Signal(range(max_nsrc + 1))
+        row_pushed = Signal()
+        dst = Signal(k + AW)
+        pend = Signal()
+        pend_q = Signal(2)
+        pend_zero = Signal()
+        pend_count = Signal(32)
+        rows_inflight = Signal(range(_ROWS_DEPTH + 3))
+        with m.If(self.start):
+            m.d.sync += dst.eq(job.out_addr)
+
+        nbytes = Signal(range(4 * p["max_dim"] + 1))
+        m.d.comb += nbytes.eq(job.dim << 2)
+        do = dst[:k]
+        row = Signal(realign.row_layout)
+        m.d.comb += [
+            row.s.eq(do), row.d.eq(0), row.nin.eq(job.nsrc),
+            row.steps.eq((do + nbytes + (D - 1)) >> k),
+            row.lo.eq(do), row.hi.eq((do + nbytes - 1)[:k]),
+            row.word.eq(dst[k:]), row.desc_last.eq(1), row.tag.eq(0), row.err.eq(0),
+            rows_q.w_data.eq(row),
+        ]
+        src_credit = (src_q.level + pend) < _SRC_DEPTH
+        row_push = Signal()
+        row_done = realign.o.valid & realign.o.ready & realign.o.payload.row_last
+        m.d.sync += [rows_inflight.eq(rows_inflight + row_push - row_done), pend.eq(0)]
+        m.d.comb += [rows_q.w_en.eq(row_push),
+                     acc_drain.addr.eq(Cat(sw[2:2 + wb_bits], dh.buf)), acc_drain.en.eq(1)]
+        finished = Signal()
+        with m.If(dq.r_rdy):
+            with m.If((dh.kind == _K_BAG) | (dh.kind == _K_EMPTY)):
+                with m.If((row_pushed | rows_q.w_rdy) & src_credit):
+                    m.d.comb += row_push.eq(~row_pushed)
+                    m.d.sync += [pend.eq(1), pend_q.eq(sw[:2]),
+                                 pend_zero.eq(dh.kind == _K_EMPTY), pend_count.eq(dh.count)]
+                    with m.If(sw == job.nsrc - 1):
+                        m.d.comb += dq.r_en.eq(1)
+                        m.d.sync += [sw.eq(0), row_pushed.eq(0), dst.eq(dst + job.out_stride)]
+                        with m.If(dh.kind == _K_BAG):
+                            m.d.comb += free_buf.bit_select(dh.buf, 1).eq(1)
+                    with m.Else():
+                        m.d.sync += [sw.eq(sw + 1), row_pushed.eq(1)]
+            with m.Elif(rows_inflight == 0):
+                m.d.comb += [dq.r_en.eq(1), finished.eq(1)]
+        src_in = Signal(src_layout)
+        m.d.comb += [
+            src_in.data.eq(Mux(pend_zero, 0, acc_drain.data.word_select(pend_q, 8 * D))),
+            src_in.count.eq(pend_count),
+            src_q.w_data.eq(src_in), src_q.w_en.eq(pend),
+        ]
+        m.d.comb += [
+            self.finished.eq(finished),
+            self.code.eq(Mux(dh.kind == _K_END, ERR_OK, dh.code)),
+            self.err_bag.eq(pool_err_bag),
+            self.err_pos.eq(pool_err_pos),
+        ]
+
+        sh = data.View(src_layout, src_q.r_data)
+        with m.If(job.mode == MODE_MEAN):
+            m.d.comb += [
+                div.i.valid.eq(src_q.r_rdy), div.i.payload.data.eq(sh.data),
+                div.i.payload.count.eq(sh.count), src_q.r_en.eq(div.i.ready),
+                realign.i.valid.eq(div.o.valid), realign.i.payload.data.eq(div.o.payload),
+                div.o.ready.eq(realign.i.ready),
+            ]
+        with m.Else():
+            m.d.comb += [
+                realign.i.valid.eq(src_q.r_rdy), realign.i.payload.data.eq(sh.data),
+                src_q.r_en.eq(realign.i.ready),
+            ]
+        m.d.comb += [
+            realign.rows.valid.eq(rows_q.r_rdy),
+            realign.rows.payload.eq(rows_q.r_data),
+            rows_q.r_en.eq(realign.rows.ready),
+            realign.i.payload.err.eq(0),
+        ]
+        o = realign.o
+        wr = self.out_wr.req
+        m.d.comb += [
+            wr.valid.eq(o.valid),
+            wr.payload.addr.eq(o.payload.word),
+            wr.payload.we.eq(1),
+            wr.payload.wdata.eq(o.payload.data),
+            wr.payload.wmask.eq(o.payload.mask),
+            o.ready.eq(wr.ready),
+        ]
+
+        m.d.comb += self.quiet.eq((ptr_i.as_value() == ptr_c.as_value()) & ~s2_valid
+                                  & ~list_inflight)
+        return m
+
+
+class EmbeddingBagEngine(wiring.Component):
+    """Embedding-bag pooling over DMA gathers (see the module documentation).
+
+    Parameters
+    ----------
+    data_bytes : int
+        Scratchpad word and AXI data width W in bytes (8 to 64, a power of two).
+    addr_width : int
+        AXI (DRAM) address width.
+    sram_addr_width : int
+        Scratchpad word-address width.
+    sram_words : int
+        Scratchpad words (the output range check).
+    bank_words : int
+        Words per scratchpad bank (a power of two): how the pooler tells banks apart.
+    tag_width : int
+        Width of command tags, and of the tags on ``gather`` (the arbiter adds one bit).
+    max_dim : int
+        Largest ``dim`` (row bytes); sets the accumulator size.
+    ring_base, ring_half : int
+        Staging ring: two halves of ``ring_half`` words at ``ring_base`` and
+        ``ring_base + ring_half``. A row of ``max_dim`` bytes must fit in a half.
+    slots : int
+        Depth of the metadata FIFO: the most rows between issue and pooling (with the ring's own
+        ``2·floor(ring_half / w)``).
+    div_steps : int
+        Quotient bits per cycle of the mean divider (1 to 33).
+
+    Members
+    -------
+    cmd : In(stream.Signature(cmd_layout))
+    done : Out(stream.Signature({tag, error}))
+    gather : Out(stream.Signature(DMA descriptor layout with ``tag_width``))
+    gather_done : In(stream.Signature(DMA completion layout with ``tag_width``))
+    list_rd, slot_rd, out_wr : Out(sram_port_signature(...))
+        Scratchpad ports: list prefetch, ring reads, output writes.
+    dma_wr : In(Signature({valid, addr}))
+        The DMA's scratchpad write request (``sram_wr.req.valid`` and ``.payload.addr``).
+    cancel : In(1)
+        A pulse (e.g. the soft reset) stops the running job: no new gather is issued, bags
+        already complete are written, every gather in flight is waited for, and the job completes
+        with ``ERR_CANCELLED``. Ignored when no job runs. (Resetting the engine instead would be
+        unsafe: the DMA is not reset, and the completions of gathers in flight would reach the
+        next job.)
+    error_code, error_bag, error_pos : Out
+        Sticky: the last failing job's code, bag and position.
+    busy : Out(1)
+    """
+
+    def __init__(self, *, data_bytes, addr_width, sram_addr_width, sram_words, bank_words,
+                 tag_width=16, max_dim=1024, ring_base, ring_half, slots=256, div_steps=4):
+        _check_int("data_bytes", data_bytes, 8, 64, pow2=True)
+        _check_int("addr_width", addr_width, 32, 64)
+        _check_int("sram_addr_width", sram_addr_width, 1, 32)
+        _check_int("sram_words", sram_words, 1, 1 << sram_addr_width)
+        _check_int("bank_words", bank_words, 1, 1 << sram_addr_width, pow2=True)
+        _check_int("tag_width", tag_width, 1, 31)
+        _check_int("max_dim", max_dim, 1, 65535)
+        _check_int("ring_half", ring_half, 1, sram_words)
+        _check_int("ring_base", ring_base, 0, sram_words - 2 * ring_half)
+        _check_int("slots", slots, 4, 1 << 16)
+        _check_int("div_steps", div_steps, 1, 33)
+        if -(-max_dim // data_bytes) > ring_half:
+            raise ValueError(f"a row of max_dim = {max_dim} bytes needs "
+                             f"{-(-max_dim // data_bytes)} words, more than ring_half = "
+                             f"{ring_half}")
+        self.p = dict(data_bytes=data_bytes, addr_width=addr_width,
+                      sram_addr_width=sram_addr_width, sram_words=sram_words,
+                      bank_words=bank_words, tag_width=tag_width, max_dim=max_dim,
+                      ring_base=ring_base, ring_half=ring_half, slots=slots, div_steps=div_steps)
+        SB = sram_addr_width + data_bytes.bit_length() - 1
+        self.cmd_layout = data.StructLayout({
+            "idx_addr": sram_addr_width, "len_addr": sram_addr_width,
+            "wgt_addr": sram_addr_width, "out_addr": SB, "out_stride": SB,
+            "table_addr": addr_width, "rows": 32, "row_stride": addr_width, "dim": 16,
+            "bags": 32, "mode": 2, "tag": tag_width,
+        })
+        self.done_layout = data.StructLayout({"tag": tag_width, "error": ERR_WIDTH})
+        max_w = -(-max_dim // data_bytes)
+        self._job_layout = data.StructLayout({
+            **{n: f.shape for n, f in self.cmd_layout if n != "tag"},
+            "w": range(max_w + 1), "lim": range(ring_half + 1),
+            "nsrc": range(-(-4 * max_dim // data_bytes) + 1),
+        })
+        self._ptr_layout = data.StructLayout({"off": range(ring_half + 1), "half": 1, "lap": 1})
+        desc = DMA.make_descriptor_layout(addr_width=addr_width, sram_addr_width=sram_addr_width,
+                                          data_bytes=data_bytes, tag_width=tag_width)
+        port = sram_port_signature(addr_width=sram_addr_width, data_bytes=data_bytes)
+        super().__init__({
+            "cmd": In(stream.Signature(self.cmd_layout)),
+            "done": Out(stream.Signature(self.done_layout)),
+            "gather": Out(stream.Signature(desc)),
+            "gather_done": In(stream.Signature(DMA.make_done_layout(tag_width=tag_width))),
+            "list_rd": Out(port),
+            "slot_rd": Out(port),
+            "out_wr": Out(port),
+            "dma_wr": In(wiring.Signature({"valid": Out(1), "addr": Out(sram_addr_width)})),
+            "cancel": In(1),
+            "error_code": Out(ERR_WIDTH),
+            "error_bag": Out(32),
+            "error_pos": Out(32),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self.p
+        D = p["data_bytes"]
+        clear = Signal()
+        core = _Core(p=p, job_layout=self._job_layout, ptr_layout=self._ptr_layout)
+        m.submodules.core = ResetInserter(clear)(core)
+        for name in ("gather", "list_rd", "slot_rd", "out_wr"):
+            wiring.connect(m, getattr(core, name), wiring.flipped(getattr(self, name)))
+        wiring.connect(m, wiring.flipped(self.gather_done), core.gather_done)
+        wiring.connect(m, wiring.flipped(self.dma_wr), core.dma_wr)
+
+        job = Signal(self._job_layout)
+        tag = Signal(p["tag_width"])
+        code = Signal(ERR_WIDTH)
+        ebag = Signal(32)
+        epos = Signal(32)
+        span = Signal(32 + len(job.out_stride))
+        done_full = Signal()
+        cancelling = Signal()
+        m.d.comb += [core.job.eq(job), self.done.valid.eq(done_full),
+                     core.cancel.eq(cancelling)]
+        with m.If(self.done.ready):
+            m.d.sync += done_full.eq(0)
+
+        cmd = self.cmd.payload
+        malformed = ((job.dim == 0) | (job.dim > p["max_dim"]) | (job.mode == 3)
+                     | (job.out_addr[:2] != 0) | (job.out_stride[:2] != 0))
+        out_range = (job.bags != 0) & (
+            job.out_addr + span + (job.dim << 2) > p["sram_words"] * D)
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.cmd.ready.eq(1)
+                with m.If(self.cmd.valid):
+                    for name, _ in self.cmd_layout:
+                        if name != "tag":
+                            m.d.sync += getattr(job, name).eq(getattr(cmd, name))
+                    m.d.sync += tag.eq(cmd.tag)
+                    m.next = "CHECK"
+            with m.State("CHECK"):
+                with m.If(self.cancel):         # held until the job completes
+                    m.d.sync += cancelling.eq(1)
+                w = (job.dim + (D - 1)) >> (D.bit_length() - 1)
+                m.d.sync += [
+                    span.eq((job.bags - 1)[:32] * job.out_stride),
+                    job.w.eq(w),
+                    job.lim.eq(p["ring_half"] - w),
+                    job.nsrc.eq(((job.dim << 2) + (D - 1)) >> (D.bit_length() - 1)),
+                ]
+                m.next = "START"
+            with m.State("START"):
+                with m.If(self.cancel):         # held until the job completes
+                    m.d.sync += cancelling.eq(1)
+                with m.If(malformed):
+                    m.d.sync += [code.eq(ERR_MALFORMED), ebag.eq(0), epos.eq(0)]
+                    m.next = "FINISH"
+                with m.Elif(out_range):
+                    m.d.sync += [code.eq(ERR_RANGE), ebag.eq(0), epos.eq(0)]
+                    m.next = "FINISH"
+                with m.Else():
+                    m.d.comb += core.start.eq(1)
+                    m.next = "RUN"
+            with m.State("RUN"):
+                with m.If(self.cancel):         # held until the job completes
+                    m.d.sync += cancelling.eq(1)
+                with m.If(core.finished):
+                    m.d.sync += [code.eq(core.code), ebag.eq(core.err_bag),
+                                 epos.eq(core.err_pos)]
+                    m.next = "QUIET"
+            with m.State("QUIET"):
+                with m.If(core.quiet):
+                    # The core restarts from reset: it must not see this job's cancel again.
+                    m.d.comb += clear.eq(1)
+                    m.d.sync += cancelling.eq(0)
+                    m.next = "FINISH"
+            with m.State("FINISH"):
+                with m.If(~done_full | self.done.ready):
+                    m.d.sync += [done_full.eq(1), cancelling.eq(0), self.done.payload.tag.eq(tag),
+                                 self.done.payload.error.eq(code)]
+                    with m.If(code != ERR_OK):
+                        m.d.sync += [self.error_code.eq(code), self.error_bag.eq(ebag),
+                                     self.error_pos.eq(epos)]
+                    m.next = "IDLE"
+
+        m.d.comb += self.busy.eq(~self.cmd.ready | done_full)
+        return m
