@@ -6,8 +6,9 @@ presets            list the presets
 verilog            elaborate a preset to build/ember_<preset>.v (with build/VexRiscv.v beside it)
 lint               Verilator lint of that file, with the documented waivers
 regmap             print the register map (Markdown) or write fw/ember_regs.h (--c)
-gemm               run one GEMM on the simulated accelerator (``sim.device.Device``); the last
-                   line of output is a JSON object (ok, cycles, macs, utilization, ...)
+gemm               run one GEMM on the simulated accelerator (``sim.device.Device``), driven by
+                   the host (default) or the firmware (--driver firmware); the last line of
+                   output is a JSON object (ok, driver, cycles, macs, utilization, ...)
 """
 
 import argparse
@@ -155,12 +156,13 @@ def cmd_gemm(args):
     scalars = {k: getattr(args, k) for k in ("zero_point", "act_min", "act_max")
                if getattr(args, k) is not None}
     try:
-        dev = Device(cfg)
+        dev = Device(cfg, driver=args.driver)
         dev.check_gemm_args(a, b, **params, **scalars)
     except (TypeError, ValueError) as e:
         raise SystemExit(f"error: {e}")
     print(f"ember {cfg.name}: GEMM {a.shape[0]}x{a.shape[1]}x{b.shape[1]} "
-          f"({'INT8' if 'multiplier' in params else 'INT32'} output)", flush=True)
+          f"({'INT8' if 'multiplier' in params else 'INT32'} output, {args.driver} driver)",
+          flush=True)
     try:
         c = dev.gemm(a, b, **params, **scalars)
     except EmberHardwareError as e:
@@ -187,7 +189,10 @@ def cmd_gemm(args):
               "array_utilization": round(s["array_utilization"], 4),
               "engines": s["engines"], "jobs": s["plan"]["jobs"],
               "commands": sum(s["plan"]["commands"]), "mismatches": int(len(bad)),
-              "out": args.out, "sim_seconds": s["sim_seconds"]}
+              "out": args.out, "sim_seconds": s["sim_seconds"], "driver": dev.driver}
+    if "doorbell_cycles" in s:
+        report["doorbell_cycles"] = s["doorbell_cycles"]
+        report["first_push_cycles"] = s["first_push_cycles"]
     print(f"{s['cycles']} cycles, {s['macs']} MACs, utilisation {s['utilization']:.3f} of "
           f"{s['peak_macs_per_cycle']} MACs/cycle; {report['commands']} commands in "
           f"{report['jobs']} jobs; golden model: {'match' if report['ok'] else 'MISMATCH'}")
@@ -242,6 +247,10 @@ def main(argv=None):
     p.add_argument("--zero-point", type=int, help="INT8 output zero point")
     p.add_argument("--act-min", type=int, help="INT8 output clamp, lower bound")
     p.add_argument("--act-max", type=int, help="INT8 output clamp, upper bound")
+    p.add_argument("--driver", choices=("host", "firmware"), default="host",
+                   help="who pushes the commands: the host through its registers (default), or "
+                        "the GEMM firmware (fw/gemm.c) on the control core, started by "
+                        "DOORBELL")
     p.set_defaults(func=cmd_gemm)
     args = parser.parse_args(argv)
     args.func(args)

@@ -4,9 +4,15 @@ A :class:`Device` runs jobs on the Verilator model of the whole top level (``hw/
 built once per preset by :func:`sim.runner.build_rtl` (the same build as ``tests/test_top.py``).
 cocotb must own the simulator process, so each call writes its job (``.npy`` operands and a JSON
 spec) to a temporary directory and runs ``sim/tb_job.py`` through :func:`sim.runner.run_cocotb`;
-the job goes through the host path of ``sim/tb_top.py`` (packed operands in DRAM, the command
-plan of :func:`sim.host.plan_gemm` pushed through the host registers) and writes back the result
-and the performance counters.
+the job writes back the result and the performance counters. Two drivers issue the command plan
+of :func:`sim.host.plan_gemm` (packed operands in DRAM either way):
+
+- ``driver="host"`` (the default): the testbench pushes the commands through the host
+  registers (``sim/tb_top.py``, :class:`sim.host.HostDriver`);
+- ``driver="firmware"``: the testbench loads ``fw/gemm.c`` into the control core, writes the
+  job into ``ARG0..ARG15`` (:mod:`sim.fwjob`) and rings ``DOORBELL``; the firmware pushes the
+  same commands and reports in ``FW_STATUS``. Slower than the host driver on the presets
+  measured (each store command costs the core four MMIO writes), so not the default.
 
 Example::
 
@@ -32,6 +38,7 @@ from sim.host import EmberHardwareError, EmberTimeout, block_sizes, dram_layout,
 __all__ = ["Device", "EmberHardwareError", "EmberSimulationError", "EmberTimeout"]
 
 ENGINES = ("load", "store", "gemm")
+DRIVERS = ("host", "firmware")
 
 
 class EmberSimulationError(RuntimeError):
@@ -79,21 +86,31 @@ class Device:
     ----------
     config : EmberConfig or str
         The configuration, or a preset name (``"tiny"``, ``"default"``).
+    driver : str
+        Who pushes the commands: ``"host"`` (the testbench, through the host registers; the
+        default) or ``"firmware"`` (``fw/gemm.c`` on the control core, started by DOORBELL).
     timeout : int
-        Cycle budget of every wait in a job (no progress for that long is an error).
+        Cycle budget of every wait in a job (no progress for that long is an error; with the
+        firmware driver also its watchdog).
 
     Members
     -------
     config : EmberConfig
+    driver : str
     last_stats : dict or None
         Statistics of the last successful run: ``cycles`` (``PERF_CYCLES`` from the first
         command to the queues seen idle), ``macs`` (M·K·N), ``peak_macs_per_cycle`` (R·C·L),
         ``utilization`` (macs / (cycles · peak)), ``array_steps``, ``engines`` (per engine
         ``busy`` and ``wait`` cycles from ``PERF_BUSY*``/``PERF_WAIT*``), ``dma_rd_beats``,
-        ``dma_wr_beats``, ``gemm_stall``, the plan (``plan``), ``sim_seconds``.
+        ``dma_wr_beats``, ``gemm_stall``, the plan (``plan``), ``sim_seconds``, ``driver``; with
+        the firmware driver also ``doorbell_cycles`` (exact cycles from the DOORBELL write to the
+        firmware's FW_STATUS write) and ``first_push_cycles`` (from DOORBELL to its first
+        command). With the firmware driver ``cycles`` counts from the firmware's PERF_CLEAR at
+        the start of the job, with the host driver from the host's; both until the host has seen
+        the job finished.
     """
 
-    def __init__(self, config="tiny", *, timeout=1_000_000):
+    def __init__(self, config="tiny", *, driver="host", timeout=1_000_000):
         if isinstance(config, str):
             config = get_preset(config)
         if not isinstance(config, EmberConfig):
@@ -101,16 +118,21 @@ class Device:
         if not config.simulate:
             raise ValueError(f"config {config.name!r} is elaboration-only and cannot be "
                              f"simulated")
+        if driver not in DRIVERS:
+            raise ValueError(f"driver must be one of {DRIVERS!r}, not {driver!r}")
         if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 1000:
             raise ValueError(f"timeout must be an integer of at least 1000 cycles, "
                              f"not {timeout!r}")
         self.config = config
+        self.driver = driver
         self.timeout = timeout
         self.last_stats = None
         self._build_dir = None
 
     def __repr__(self):
-        return f"Device({self.config.name!r})"
+        if self.driver == "host":
+            return f"Device({self.config.name!r})"
+        return f"Device({self.config.name!r}, driver={self.driver!r})"
 
     def build(self):
         """Build (or reuse) the Verilator model; return its directory."""
@@ -201,6 +223,7 @@ class Device:
         cfg = self.config
         lay = dram_layout(cfg, M, K, N, raw=not requant)
         spec = {**spec, "dram_size": lay.size, "seed": 1, "timeout": self.timeout,
+                "driver": self.driver,
                 "prelude": [{"queue": c.queue, "words": list(c.words)} for c in prelude]}
         build_dir = self.build()
         from sim.runner import run_cocotb
@@ -251,7 +274,11 @@ class Device:
             "plan": result["plan"],
             "register_pushes": result["register_pushes"],
             "sim_seconds": round(time.monotonic() - t0, 3),
+            "driver": self.driver,
         }
+        if self.driver == "firmware":
+            self.last_stats["doorbell_cycles"] = result["doorbell_cycles"]
+            self.last_stats["first_push_cycles"] = result["first_push_cycles"]
         expected = np.int8 if requant else np.int32
         assert c.dtype == expected and c.shape == (M, N), (c.dtype, c.shape)
         return c

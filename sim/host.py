@@ -39,8 +39,8 @@ multiplier, shift), and C, row-major ``M×N`` of INT32 (raw) or INT8 (requantise
 4. **Slots.** Job ``t`` (0, 1, ... in loop order): the inner operand goes to slot ``t % 2``, the
    outer operand (loaded at the first job of outer block ``o``) to slot ``o % 2``, C to slot
    ``t % 2``.
-5. **Commands of job t.** Loads (1D: one row of the block's bytes): the outer operand if it
-   changes, then the inner operand, then the parameters if they change. One GEMM command. One
+5. **Commands of job t.** Loads (1D: one row of the block's bytes): the inner operand, then
+   the outer operand if it changes, then the parameters if they change. One GEMM command. One
    2D store per output tile: ``rows = min(R, M - row0)``, ``row_bytes = min(C, N - col0)·e``,
    ``sram_stride = W`` (one result row per word), ``dram_stride = N·e``; rows and columns
    beyond the matrix are never stored.
@@ -323,7 +323,7 @@ def plan_gemm(config, M, K, N, *, a_addr, b_addr, p_addr, c_addr, raw, zero_poin
         a_word, b_word, p_word, c_word = bank(a_slot), bank(2 + b_slot), bank(6 + b_slot), \
             bank(4 + c_slot)
 
-        # Loads: outer operand (if new), inner operand, parameters (if B is new).
+        # Loads: inner operand, outer operand (if new), parameters (if B is new).
         job_loads = []
         load_a = inner == "a" or new_outer
         load_b = inner == "b" or new_outer
@@ -333,7 +333,7 @@ def plan_gemm(config, M, K, N, *, a_addr, b_addr, p_addr, c_addr, raw, zero_poin
         if load_b:
             specs.append(("B", b_addr + j * nb * S * W, b_word, n_here * S * W))
         if inner == "b":
-            specs.reverse()   # the outer operand (A) first
+            specs.reverse()   # the inner operand (B) first
         if load_b:
             specs.append(("P", p_addr + 3 * j * nb * W, p_word, 3 * n_here * W))
         for k, (what, dram, word, nbytes) in enumerate(specs):

@@ -1,10 +1,13 @@
 """cocotb test that runs one job of :class:`sim.device.Device` on the Verilator model of the top.
 
 ``EMBER_JOB_DIR`` holds ``job.json`` (the spec: kind, output-stage scalars, DRAM size, seed,
-optional ``prelude`` commands) and the operands as ``.npy`` files (``a``, ``b`` and, when given,
-``bias``, ``multiplier``, ``shift``). The job runs through the top-level testbench's host path
-(:func:`sim.tb_top.gemm_job`: packed operands in DRAM, the command plan pushed through the host
-registers, the whole DRAM outside C checked afterwards) and writes:
+``driver``, optional ``prelude`` commands) and the operands as ``.npy`` files (``a``, ``b`` and,
+when given, ``bias``, ``multiplier``, ``shift``). With ``driver`` ``"host"`` (the default) the
+job runs through the top-level testbench's host path (:func:`sim.tb_top.gemm_job`: packed
+operands in DRAM, the command plan pushed through the host registers); with ``"firmware"`` the
+testbench loads ``fw/gemm.c`` into the control core and only writes the job's ARGs and rings
+DOORBELL (:func:`sim.tb_top.fw_gemm_job`, which also checks that the firmware pushed exactly the
+plan's commands). Either way the whole DRAM outside C is checked afterwards. It writes:
 
 - ``c.npy``: the result read back from DRAM;
 - ``result.json``: ``status`` (``ok``, ``hardware_error``, ``timeout`` or ``error``), and for
@@ -23,8 +26,9 @@ from pathlib import Path
 import cocotb
 import numpy as np
 
+from sim import fwjob
 from sim import host as H
-from sim.tb_top import TB, gemm_job
+from sim.tb_top import TB, boot_gemm_firmware, fw_gemm_job, gemm_job
 
 
 def _load(job_dir, name):
@@ -48,13 +52,28 @@ async def job(dut):
         tb.fill_dram_random()
         prelude = [H.Command(c["queue"], tuple(c["words"]), "prelude")
                    for c in spec.get("prelude", [])]
+        driver = spec.get("driver", "host")
+        if driver not in ("host", "firmware"):
+            raise ValueError(f"unknown driver {driver!r}")
+        kwargs = dict(bias=_load(job_dir, "bias"), multiplier=_load(job_dir, "multiplier"),
+                      shift=_load(job_dir, "shift"), zero_point=spec["zero_point"],
+                      act_min=spec["act_min"], act_max=spec["act_max"], golden=False,
+                      prelude=prelude, timeout=spec.get("timeout", 1_000_000))
         try:
-            out = await gemm_job(tb, a, b, bias=_load(job_dir, "bias"),
-                                 multiplier=_load(job_dir, "multiplier"),
-                                 shift=_load(job_dir, "shift"), zero_point=spec["zero_point"],
-                                 act_min=spec["act_min"], act_max=spec["act_max"],
-                                 golden=False, prelude=prelude,
-                                 timeout=spec.get("timeout", 1_000_000))
+            if driver == "host":
+                out = await gemm_job(tb, a, b, **kwargs)
+            else:
+                await boot_gemm_firmware(tb)
+                out = await fw_gemm_job(tb, a, b, watchdog=kwargs["timeout"], expect=None,
+                                        **kwargs)
+                if out["status"] == fwjob.ST_HW_ERROR:
+                    err = await tb.errors()
+                    raise H.EmberHardwareError(err["code"], err["id"], err["queue"])
+                if out["status"] == fwjob.ST_TIMEOUT:
+                    raise H.EmberTimeout(f"firmware watchdog: no completion for "
+                                         f"{kwargs['timeout']} cycles")
+                if out["status"] != fwjob.ST_OK:
+                    raise fwjob.FirmwareError(out["status"])
         except H.EmberHardwareError as e:
             result = {"status": "hardware_error", "code": e.code, "id": e.cmd_id,
                       "queue": e.queue, "message": str(e)}
@@ -66,6 +85,7 @@ async def job(dut):
         plan = out["plan"]
         result = {
             "status": "ok",
+            "driver": driver,
             "perf": out["perf"],
             "host_cycles": out["host_cycles"],
             "plan": {"m_tiles": plan.m_tiles, "n_tiles": plan.n_tiles, "steps": plan.steps,
@@ -76,6 +96,10 @@ async def job(dut):
                      "dram_write_bytes": plan.dram_write_bytes},
             "register_pushes": tb.driver.pushes,
         }
+        if driver == "firmware":
+            result["doorbell_cycles"] = out["fw_cycles"]
+            result["first_push_cycles"] = out["first_push"]
+            result["firmware_pushes"] = len(out["commands"])
     except BaseException as e:
         if result.get("status") not in ("timeout",):
             result = {"status": "error", "message": f"{type(e).__name__}: {e}",
