@@ -16,14 +16,14 @@ Command line::
     python -m sim.firmware [--cpu ...] [--out-dir DIR] [-D NAME=VALUE] NAME SOURCE...
 """
 
-import contextlib
-import fcntl
 import hashlib
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+from sim.runner import locked
 
 __all__ = [
     "FW_DIR", "LINKER_SCRIPT", "RUNTIME_SOURCES", "PROGRAMS", "FirmwareBuildError",
@@ -102,17 +102,6 @@ def compile_command(sources, elf, *, cpu="generic_rv32+m", defines=None, runtime
     ]
 
 
-@contextlib.contextmanager
-def _locked(path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _run(cmd, what):
     result = subprocess.run(cmd, env=_zig_env(), capture_output=True, text=True)
     if result.returncode != 0:
@@ -162,7 +151,7 @@ def build_firmware(name, sources, *, out_dir=None, defines=None, cpu="generic_rv
         digest.update(str(path).encode())
         digest.update(path.read_bytes())
     stamp = out_dir / f"{name}.stamp"
-    with _locked(out_dir / f".{name}.lock"):
+    with locked(out_dir / f".{name}.lock"):
         if stamp.exists() and stamp.read_text() == digest.hexdigest() and binary.exists():
             return binary
         stamp.unlink(missing_ok=True)

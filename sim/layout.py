@@ -1,11 +1,11 @@
 """Ember's packed operand layouts (see ``hw/gemm.py``), in numpy. Layout only: no arithmetic.
 
-The runtime uses these to lay out A and B in DRAM/scratchpad words, and to read results back.
+The runtime uses these to lay out A and B in DRAM/scratchpad words.
 """
 
 import numpy as np
 
-__all__ = ["gemm_tiles", "pack_a", "pack_b", "unpack_c_rows"]
+__all__ = ["gemm_tiles", "pack_a", "pack_b"]
 
 
 def gemm_tiles(m, k, n, *, rows, cols, lanes):
@@ -35,11 +35,3 @@ def pack_b(b, *, cols, lanes, word_bytes):
     words = np.zeros((nt * S, word_bytes), np.uint8)
     words[:, :cols * lanes] = t.view(np.uint8)
     return words
-
-
-def unpack_c_rows(words, m, n, *, rows, cols):
-    """Result words[(i·n_tiles + j)·R + r, W] (INT32 at bytes 4c..) → C[M, N] int32."""
-    mt, nt = -(-m // rows), -(-n // cols)
-    words = np.ascontiguousarray(words[:mt * nt * rows, :4 * cols])
-    vals = words.view("<i4").reshape(mt, nt, rows, cols)
-    return vals.transpose(0, 2, 1, 3).reshape(mt * rows, nt * cols)[:m, :n].astype(np.int32)

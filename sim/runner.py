@@ -23,7 +23,7 @@ from pathlib import Path
 
 __all__ = [
     "ROOT", "BUILD", "LINT_WAIVERS", "VEXRISCV_VLT", "verilator_env", "write_if_changed", "generate_verilog",
-    "build_rtl", "run_cocotb", "lint",
+    "build_rtl", "run_cocotb", "lint", "locked",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,7 +93,9 @@ def generate_verilog(component, name):
 
 
 @contextlib.contextmanager
-def _locked(path):
+def locked(path):
+    """Hold an exclusive ``flock`` on ``path`` (created if needed): one builder at a time, across
+    pytest-xdist workers."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -116,7 +118,7 @@ def build_rtl(name, make_component, *, extra_sources=(), build_args=()):
     _use_verilator_env()
     build_dir = BUILD / "sim" / name
     verilog_path = build_dir / f"{name}.v"
-    with _locked(build_dir / ".lock"):
+    with locked(build_dir / ".lock"):
         write_if_changed(verilog_path, generate_verilog(make_component(), name))
         waves = _waves()
         args = [

@@ -1,4 +1,5 @@
-"""cocotb drivers for Amaranth ``lib.stream`` interfaces (``<name>__valid/ready/payload``).
+"""cocotb drivers for Amaranth ``lib.stream`` interfaces (``<name>__valid/ready/payload``), and
+the seed rule every random testbench follows.
 
 Both follow the stream rules: a source never waits on ``ready`` to raise ``valid`` and holds a
 beat until it is taken; a sink may drop ``ready`` at any time. Gaps and backpressure come from
@@ -6,10 +7,19 @@ pause generators (iterables of booleans, e.g. ``itertools.cycle``), as in cocotb
 """
 
 import collections
+import os
 
+import cocotb
 from cocotb.triggers import RisingEdge
 
-__all__ = ["StreamSource", "StreamSink"]
+__all__ = ["StreamSource", "StreamSink", "random_seed"]
+
+
+def random_seed():
+    """The seed of a random test: ``EMBER_SEED`` if set (to replay a run), else cocotb's."""
+    if "EMBER_SEED" in os.environ:
+        return int(os.environ["EMBER_SEED"])
+    return int(cocotb.RANDOM_SEED)
 
 
 class StreamSource:

@@ -6,20 +6,18 @@ no command may issue without a count, and counts must match the hardware's at th
 """
 
 import collections
-import os
 
 import cocotb
 import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, RisingEdge
+from sim.streams import random_seed
 
 QUEUES = 3                 # opcodes 1, 2, 3 (see tests/test_cmdproc.py)
 N_SEMS, SEM_NONE = 16, 31
 CMD_WORDS = 8
 
 
-def _seed():
-    return int(os.environ.get("EMBER_SEED", cocotb.RANDOM_SEED))
 
 
 def header(opcode, wait=SEM_NONE, signal=SEM_NONE, cid=0, wait2=SEM_NONE, signal2=SEM_NONE):
@@ -77,7 +75,7 @@ class TB:
     def __init__(self, dut):
         self.dut = dut
         self.log = dut._log
-        self.seed = _seed()
+        self.seed = random_seed()
         self.rng = np.random.default_rng(self.seed)
         self.log.info("seed %d (replay with EMBER_SEED=%d)", self.seed, self.seed)
         cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())

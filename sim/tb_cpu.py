@@ -33,6 +33,7 @@ from cocotb.utils import get_sim_time
 
 from hw.config import EmberConfig
 from sim.firmware import load_words
+from sim.streams import random_seed
 
 PERIOD_NS = 10
 
@@ -55,10 +56,6 @@ MASK32 = (1 << 32) - 1
 BUDGET_SCALE = {"VexRiscv": 1, "VexRiscv_Lite": 4, "VexRiscv_Min": 10}
 
 
-def _seed():
-    if "EMBER_SEED" in os.environ:
-        return int(os.environ["EMBER_SEED"])
-    return int(cocotb.RANDOM_SEED)
 
 
 class MmioModel:
@@ -196,7 +193,7 @@ class TB:
         self.cfg = EmberConfig.from_json(os.environ["EMBER_CONFIG"])
         self.cpu = json.loads(os.environ["EMBER_CPU"])
         self.firmware = json.loads(os.environ["EMBER_FIRMWARE"])
-        self.seed = _seed()
+        self.seed = random_seed()
         self.rng = np.random.default_rng(self.seed)
         self.log.info("cpu %s, seed %d (replay with EMBER_SEED=%d)",
                       self.cpu, self.seed, self.seed)

@@ -32,15 +32,11 @@ from cocotbext.axi.memory import Memory
 
 from hw.config import EmberConfig
 from sim import golden_dma as G
-from sim.streams import StreamSink, StreamSource
+from sim.streams import StreamSink, StreamSource, random_seed
 
 MiB = 1 << 20
 
 
-def _seed():
-    if "EMBER_SEED" in os.environ:
-        return int(os.environ["EMBER_SEED"])
-    return int(cocotb.RANDOM_SEED)
 
 
 class _QuietRead(AxiRamRead):
@@ -236,7 +232,7 @@ class TB:
         self.A = cfg.axi_addr_width
         self.fields = G.descriptor_fields(addr_width=self.A, sram_addr_width=self.sram_addr_width,
                                           data_bytes=self.D)
-        self.seed = _seed()
+        self.seed = random_seed()
         self.rng = np.random.default_rng(self.seed)
         self.log.info("config %s, seed %d (replay with EMBER_SEED=%d)",
                       cfg.name, self.seed, self.seed)

@@ -644,7 +644,6 @@ async def long_bag(dut):
     around it, in sum and mean."""
     tb = TB(dut)
     await tb.reset()
-    rng, D = tb.rng, tb.D
     big = min(2500, (tb.ring[0] - 1024) // 4 - 40)
     for mode, dim in (("sum", 8), ("mean", 3)):
         lengths = np.array([3, big, 0, 5], np.int64)
@@ -667,7 +666,7 @@ async def errors(dut, backpressure):
     tb = TB(dut)
     await tb.reset()
     tb.set_backpressure(backpressure)
-    rng, D = tb.rng, tb.D
+    rng = tb.rng
 
     def good_job(**kw):
         return tb.random_job(dim=int(rng.choice([3, 64, 17])), bags=6, mean_len=4,

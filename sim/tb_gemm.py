@@ -15,14 +15,12 @@ from cocotb.triggers import ClockCycles, RisingEdge
 from hw.config import EmberConfig
 from sim.golden import ref_matmul
 from sim.golden_requant import ref_bias_add, ref_requant
-from sim.layout import gemm_tiles, pack_a, pack_b, unpack_c_rows
-from sim.streams import StreamSink, StreamSource
+from sim.layout import gemm_tiles, pack_a, pack_b
+from sim.streams import StreamSink, StreamSource, random_seed
 
 READ_LATENCY = 2
 
 
-def _seed():
-    return int(os.environ.get("EMBER_SEED", cocotb.RANDOM_SEED))
 
 
 class TB:
@@ -37,7 +35,7 @@ class TB:
         self.depth = c.sram_depth
         self.words = c.sram_banks * c.sram_depth
         self.aw = max((self.words - 1).bit_length(), 1)
-        self.seed = _seed()
+        self.seed = random_seed()
         self.rng = np.random.default_rng(self.seed)
         self.log.info("config %s, seed %d (replay with EMBER_SEED=%d)", c.name, self.seed, self.seed)
         cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())

@@ -15,13 +15,9 @@ from cocotb.triggers import ClockCycles, RisingEdge
 
 from hw.config import EmberConfig
 from sim.golden import ref_matmul
-from sim.streams import StreamSink, StreamSource
+from sim.streams import StreamSink, StreamSource, random_seed
 
 
-def _seed():
-    if "EMBER_SEED" in os.environ:
-        return int(os.environ["EMBER_SEED"])
-    return int(cocotb.RANDOM_SEED)
 
 
 class TB:
@@ -32,7 +28,7 @@ class TB:
         self.log = dut._log
         self.cfg = EmberConfig.from_json(os.environ["EMBER_CONFIG"])
         self.R, self.C, self.L = self.cfg.pe_rows, self.cfg.pe_cols, self.cfg.pe_lanes
-        self.seed = _seed()
+        self.seed = random_seed()
         self.rng = np.random.default_rng(self.seed)
         self.log.info("config %s, seed %d (replay with EMBER_SEED=%d)",
                       self.cfg.name, self.seed, self.seed)

@@ -23,15 +23,11 @@ from hw.config import EmberConfig
 from sim.golden_requant import (
     INT32_MAX, INT32_MIN, SHIFT_MAX, SHIFT_MIN, quantize_multiplier, ref_bias_add, ref_requant,
 )
-from sim.streams import StreamSink, StreamSource
+from sim.streams import StreamSink, StreamSource, random_seed
 
 LATENCY = 5  # documented in hw/requant.py; checked by the ``throughput_latency`` test
 
 
-def _seed():
-    if "EMBER_SEED" in os.environ:
-        return int(os.environ["EMBER_SEED"])
-    return int(cocotb.RANDOM_SEED)
 
 
 def _pack(values, width):
@@ -88,7 +84,7 @@ class TB:
         self.log = dut._log
         self.cfg = EmberConfig.from_json(os.environ["EMBER_CONFIG"])
         self.C = self.cfg.pe_cols
-        self.seed = _seed()
+        self.seed = random_seed()
         self.rng = np.random.default_rng(self.seed)
         self.log.info("config %s, cols %d, seed %d (replay with EMBER_SEED=%d)",
                       self.cfg.name, self.C, self.seed, self.seed)

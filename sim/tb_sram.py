@@ -14,13 +14,12 @@ from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, RisingEdge
 
 from hw.config import EmberConfig
+from sim.streams import random_seed
 
 READ_LATENCY = 2
 PORTS = 4
 
 
-def _seed():
-    return int(os.environ.get("EMBER_SEED", cocotb.RANDOM_SEED))
 
 
 class TB:
@@ -32,7 +31,7 @@ class TB:
         self.cfg = EmberConfig.from_json(os.environ["EMBER_CONFIG"])
         self.W = self.cfg.bus_bytes
         self.words = self.cfg.sram_banks * self.cfg.sram_depth
-        self.seed = _seed()
+        self.seed = random_seed()
         self.rng = np.random.default_rng(self.seed)
         self.log.info("config %s, seed %d (replay with EMBER_SEED=%d)",
                       self.cfg.name, self.seed, self.seed)

@@ -38,6 +38,7 @@ from sim import host as H
 from sim.golden import ref_matmul
 from sim.golden_requant import ref_bias_add, ref_requant
 from sim.layout import pack_a, pack_b
+from sim.streams import random_seed
 
 PERIOD_NS = 10
 MASK32 = (1 << 32) - 1
@@ -47,10 +48,6 @@ warnings.filterwarnings("ignore", message="The data field will be removed",
                         category=DeprecationWarning)
 
 
-def _seed():
-    if "EMBER_SEED" in os.environ:
-        return int(os.environ["EMBER_SEED"])
-    return int(cocotb.RANDOM_SEED)
 
 
 #: DRAM pause patterns (True = pause) per channel, by backpressure level: "on" stalls every
@@ -127,7 +124,7 @@ class TB:
         self.dut = dut
         self.log = dut._log
         self.cfg = EmberConfig.from_json(os.environ["EMBER_CONFIG"])
-        self.seed = _seed() if seed is None else seed
+        self.seed = random_seed() if seed is None else seed
         self.rng = np.random.default_rng(self.seed)
         self.log.info("config %s, seed %d (replay with EMBER_SEED=%d), backpressure %s",
                       self.cfg.name, self.seed, self.seed, backpressure)

@@ -78,15 +78,20 @@ def test_device_arguments():
     with pytest.raises(TypeError, match="config must be an EmberConfig or a preset name"):
         Device(3)
     assert Device(get_preset("default")).config.name == "default"
+    with pytest.raises(ValueError, match="driver must be one of"):
+        Device("tiny", driver="fw")
     # The largest K that fits passes the check.
     Device("tiny").check_gemm_args(np.zeros((1, 1024), I8), np.zeros((1024, 1), I8))
 
 
 @pytest.mark.rtl
-def test_device_gemm():
-    """Real runs on tiny: INT32 with bias, INT8 requantised; then a hardware error surfaces as
+@pytest.mark.parametrize("driver", ["host", "firmware"])
+def test_device_gemm(driver):
+    """Real runs on tiny with each driver (host commands, or the GEMM firmware on the control
+    core): INT32 with bias, INT8 requantised; then a hardware error surfaces as
     EmberHardwareError with its code and command id, and the device still works after it."""
-    dev = Device("tiny")
+    dev = Device("tiny", driver=driver)
+    assert repr(dev) == f"Device('tiny', driver={driver!r})"
     rng = np.random.default_rng(7)
     a, b = _ab(9, 13, 7, seed=3)
     bias = rng.integers(-2**31, 2**31, 7, dtype=np.int64).astype(np.int32)
@@ -98,6 +103,11 @@ def test_device_gemm():
     assert s["array_steps"] == 5 * 4 * 4
     assert 0 < s["utilization"] == s["macs"] / (s["cycles"] * 16) < 1
     assert all(s["engines"][e]["busy"] > 0 for e in ("load", "store", "gemm"))
+    assert s["driver"] == driver
+    if driver == "firmware":
+        assert s["doorbell_cycles"] > s["first_push_cycles"] > 0
+    else:
+        assert "doorbell_cycles" not in s
 
     mult = rng.integers(2**30, 2**31, 7, dtype=np.int64).astype(np.int32)
     shift = rng.integers(-12, 2, 7).astype(np.int32)
@@ -219,3 +229,24 @@ def test_cli_reports_hardware_error(monkeypatch):
     message = str(info.value.code)
     assert message.startswith("error: hardware error 0x13") and "id 42" in message
     assert "\n" not in message
+
+
+@pytest.mark.rtl
+def test_cli_firmware_driver():
+    """``python -m sim gemm --driver firmware``: the golden result, ``"driver"`` in the JSON
+    line, the same array steps and plan as ``--driver host``; a bad --driver is a one-line
+    usage error."""
+    args = ("--m", "21", "--k", "30", "--n", "11", "--seed", "3", "--config", "tiny")
+    reports = {}
+    for driver in ("host", "firmware"):
+        r = _cli(*args, "--driver", driver)
+        assert r.returncode == 0, r.stdout + r.stderr
+        reports[driver] = json.loads(r.stdout.strip().splitlines()[-1])
+        assert f"{driver} driver" in r.stdout.splitlines()[0]
+    h, f = reports["host"], reports["firmware"]
+    assert h["ok"] and f["ok"] and h["driver"] == "host" and f["driver"] == "firmware"
+    assert f["array_steps"] == h["array_steps"] and f["commands"] == h["commands"]
+    assert f["doorbell_cycles"] >= f["cycles"] > 0 and "doorbell_cycles" not in h
+    r = _cli(*args, "--driver", "both")
+    assert r.returncode == 2 and "invalid choice: 'both'" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -240,7 +240,7 @@ def test_plan_model_catches_a_race(mutation):
 
 def test_plan_commands_and_limits():
     cfg = get_preset("tiny")
-    R, C, L, W, d = cfg.pe_rows, cfg.pe_cols, cfg.pe_lanes, cfg.bus_bytes, cfg.sram_depth
+    R, L, W, d = cfg.pe_rows, cfg.pe_lanes, cfg.bus_bytes, cfg.sram_depth
     with pytest.raises(ValueError, match=f"K = {d * L + 1} needs"):
         H.plan_gemm(cfg, 4, d * L + 1, 4, a_addr=0, b_addr=0, p_addr=0, c_addr=0, raw=True)
     H.plan_gemm(cfg, 4, d * L, 4, a_addr=0, b_addr=0, p_addr=0, c_addr=0, raw=True)
@@ -268,80 +268,3 @@ def test_plan_commands_and_limits():
     assert H.decode_command(w) == {"opcode": 3, "wait": 1, "signal": 2, "id": 0xABCD,
                                    "wait2": 3, "signal2": 4, "args": [1, 2, 3, 4, 5, 6]}
 
-
-# ---------------------------------------------------------------------------------------------
-# The GEMM firmware through the runtime: Device(driver="firmware") and the CLI.
-
-@pytest.mark.rtl
-def test_device_firmware_driver():
-    """``Device(driver="firmware")`` gives the host driver's results (INT32 with bias, and
-    requantised INT8), with the same plan and array steps, and reports the doorbell-to-FW_STATUS
-    cycles; a hardware error surfaces as EmberHardwareError, and the device works after it."""
-    from sim.device import Device, EmberHardwareError
-    from sim.golden_requant import ref_requant
-    rng = np.random.default_rng(11)
-    a = rng.integers(-128, 128, (9, 13), dtype=np.int8)
-    b = rng.integers(-128, 128, (13, 7), dtype=np.int8)
-    bias = rng.integers(-2**31, 2**31, 7, dtype=np.int64).astype(np.int32)
-    host, fw = Device("tiny"), Device("tiny", driver="firmware")
-    assert repr(fw) == "Device('tiny', driver='firmware')" and fw.driver == "firmware"
-    c_host = host.gemm(a, b, bias=bias)
-    c_fw = fw.gemm(a, b, bias=bias)
-    np.testing.assert_array_equal(c_fw, c_host)
-    np.testing.assert_array_equal(c_fw, ref_bias_add(ref_matmul(a, b), bias))
-    hs, fs = host.last_stats, fw.last_stats
-    assert (hs["driver"], fs["driver"]) == ("host", "firmware")
-    assert fs["plan"] == hs["plan"] and fs["array_steps"] == hs["array_steps"] == 5 * 4 * 4
-    assert fs["doorbell_cycles"] > fs["first_push_cycles"] > 0
-    assert "doorbell_cycles" not in hs
-    assert 0 < fs["utilization"] == fs["macs"] / (fs["cycles"] * 16) < 1
-
-    mult = rng.integers(2**30, 2**31, 7, dtype=np.int64).astype(np.int32)
-    shift = rng.integers(-12, 2, 7).astype(np.int32)
-    q = fw.gemm(a, b, bias=bias // 4096, multiplier=mult, shift=shift, zero_point=-5,
-                act_min=-5, act_max=100)
-    assert q.dtype == np.int8
-    np.testing.assert_array_equal(
-        q, ref_requant(ref_matmul(a, b), bias // 4096, mult, shift, -5, -5, 100))
-
-    bad = H.dma_command("load", 0x77, dram_addr=0, sram_addr=get_preset("tiny").sram_bytes - 2,
-                        rows=1, row_bytes=4)
-    stats = fw.last_stats
-    with pytest.raises(EmberHardwareError, match="0x13.*id 119") as info:
-        fw._run({"kind": "gemm", "zero_point": 0, "act_min": -128, "act_max": 127},
-                {"a": a, "b": b}, 9, 13, 7, False, prelude=[bad])
-    assert (info.value.code, info.value.cmd_id, info.value.queue) == (0x13, 0x77, 0)
-    assert fw.last_stats is stats
-    np.testing.assert_array_equal(fw.gemm(a, b), ref_matmul(a, b))
-    with pytest.raises(ValueError, match="driver must be one of"):
-        Device("tiny", driver="fw")
-
-
-def _cli_gemm(*args):
-    import subprocess
-    import sys
-    from sim.runner import ROOT
-    return subprocess.run([sys.executable, "-m", "sim", "gemm", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=900)
-
-
-@pytest.mark.rtl
-def test_cli_firmware_driver():
-    """``python -m sim gemm --driver firmware``: the golden result, ``"driver"`` in the JSON
-    line, the same array steps and plan as ``--driver host``; a bad --driver is a one-line
-    usage error."""
-    import json
-    args = ("--m", "21", "--k", "30", "--n", "11", "--seed", "3", "--config", "tiny")
-    reports = {}
-    for driver in ("host", "firmware"):
-        r = _cli_gemm(*args, "--driver", driver)
-        assert r.returncode == 0, r.stdout + r.stderr
-        reports[driver] = json.loads(r.stdout.strip().splitlines()[-1])
-        assert f"{driver} driver" in r.stdout.splitlines()[0]
-    h, f = reports["host"], reports["firmware"]
-    assert h["ok"] and f["ok"] and h["driver"] == "host" and f["driver"] == "firmware"
-    assert f["array_steps"] == h["array_steps"] and f["commands"] == h["commands"]
-    assert f["doorbell_cycles"] >= f["cycles"] > 0 and "doorbell_cycles" not in h
-    r = _cli_gemm(*args, "--driver", "both")
-    assert r.returncode == 2 and "invalid choice: 'both'" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
