@@ -91,7 +91,8 @@ def test_device_gemm(driver):
     core): INT32 with bias, INT8 requantised; then a hardware error surfaces as
     EmberHardwareError with its code and command id, and the device still works after it."""
     dev = Device("tiny", driver=driver)
-    assert repr(dev) == f"Device('tiny', driver={driver!r})"
+    assert repr(dev) == ("Device('tiny')" if driver == "host"
+                         else f"Device('tiny', driver={driver!r})")
     rng = np.random.default_rng(7)
     a, b = _ab(9, 13, 7, seed=3)
     bias = rng.integers(-2**31, 2**31, 7, dtype=np.int64).astype(np.int32)
