@@ -268,31 +268,11 @@ async def gemm_job(tb, a, b, *, bias=None, multiplier=None, shift=None, zero_poi
     cfg = tb.cfg
     M, K = a.shape
     N = b.shape[1]
-    raw = multiplier is None
-    lay = H.dram_layout(cfg, M, K, N, raw=raw, base=base, offsets=offsets,
-                        min_size=len(tb.ram.mem))
-    assert lay.size <= len(tb.ram.mem), f"DRAM of {len(tb.ram.mem)} bytes is too small ({lay})"
+    lay, expected, raw = place_gemm(tb, a, b, bias=bias, multiplier=multiplier, shift=shift,
+                                    zero_point=zero_point, act_min=act_min, act_max=act_max,
+                                    offsets=offsets, base=base, golden=golden)
     mem = tb.dram()
-    W = cfg.bus_bytes
-    n = b.shape[1]
-    p_bias = np.zeros(n, np.int64) if bias is None else np.asarray(bias, np.int64)
-    p_mult = np.zeros(n, np.int64) if multiplier is None else np.asarray(multiplier, np.int64)
-    p_shift = np.zeros(n, np.int64) if shift is None else np.asarray(shift, np.int64)
-    for addr, words in ((lay.a_addr, pack_a(a, rows=cfg.pe_rows, lanes=cfg.pe_lanes,
-                                            word_bytes=W)),
-                        (lay.b_addr, pack_b(b, cols=cfg.pe_cols, lanes=cfg.pe_lanes,
-                                            word_bytes=W)),
-                        (lay.p_addr, H.pack_params(p_bias, p_mult, p_shift, cols=cfg.pe_cols,
-                                                   word_bytes=W))):
-        flat = words.reshape(-1)
-        mem[addr:addr + len(flat)] = flat
-    expected = mem.copy()
     c_dtype = np.dtype("<i4") if raw else np.dtype(np.int8)
-    if golden:
-        c = golden_c(a, b, bias, multiplier, shift, zero_point, act_min, act_max)
-        expected[lay.c_addr:lay.c_addr + lay.c_bytes] = \
-            np.ascontiguousarray(c.astype(c_dtype)).view(np.uint8).reshape(-1)
-
     plan = H.plan_gemm(cfg, M, K, N, a_addr=lay.a_addr, b_addr=lay.b_addr, p_addr=lay.p_addr,
                        c_addr=lay.c_addr, raw=raw, zero_point=zero_point, act_min=act_min,
                        act_max=act_max, first_id=first_id)
@@ -959,8 +939,9 @@ def compare_commands(got, plan, what=""):
 
 def place_gemm(tb, a, b, *, bias=None, multiplier=None, shift=None, zero_point=0, act_min=-128,
                act_max=127, offsets=(0, 0, 0, 0), base=0x1000, golden=True):
-    """Write packed A, B and parameters into DRAM (as :func:`gemm_job` does); return
-    ``(layout, expected DRAM image or None for C, raw)``."""
+    """Write packed A, B and parameters into DRAM, for :func:`gemm_job` and
+    :func:`fw_gemm_job`; return ``(layout, expected DRAM image, raw)``. The expected image holds
+    the golden C when ``golden``, else C's current bytes."""
     cfg = tb.cfg
     M, K = a.shape
     N = b.shape[1]
