@@ -61,11 +61,19 @@ class StreamSource:
             if not holding:
                 paused = self.pause is not None and next(self.pause)
                 if self.queue and not paused:
-                    self.payload.value = self.queue.popleft()
+                    self._present(self.queue.popleft())
                     self.valid.value = 1
                     holding = True
                 else:
                     self.valid.value = 0
+                    self._idle()
+
+    def _present(self, item):
+        """Drive one queued item (a subclass may drive more than ``payload``)."""
+        self.payload.value = item
+
+    def _idle(self):
+        """Called in every cycle without a beat (a subclass may drive garbage)."""
 
 
 class StreamSink:

@@ -55,25 +55,13 @@ class TileSource(StreamSource):
     def _garbage(self, bits):
         return int.from_bytes(self.rng.bytes((bits + 7) // 8), "little") & ((1 << bits) - 1)
 
-    async def run(self):
-        edge = RisingEdge(self.clk)
-        holding = False
-        while True:
-            await edge
-            if holding and self.ready.value:
-                holding = False
-                self.sent += 1
-            if not holding:
-                paused = self.pause is not None and next(self.pause)
-                if self.queue and not paused:
-                    self.payload.value, self.params.value = self.queue.popleft()
-                    self.valid.value = 1
-                    holding = True
-                else:
-                    self.valid.value = 0
-                    if self.rng is not None:
-                        self.payload.value = self._garbage(self.payload_bits)
-                        self.params.value = self._garbage(self.params_bits)
+    def _present(self, item):
+        self.payload.value, self.params.value = item
+
+    def _idle(self):
+        if self.rng is not None:
+            self.payload.value = self._garbage(self.payload_bits)
+            self.params.value = self._garbage(self.params_bits)
 
 
 class TB:
