@@ -26,7 +26,7 @@
  *   jobs    jobs finished since the firmware booted (failed ones included), 24 bits
  *   status  0x00 OK           all commands completed, no error held
  *           0x01 BAD_JOB      ARG0 is not a known job kind
- *           0x02 K_TOO_LARGE  ceil(K / L) > bank depth: one K panel does not fit a bank
+ *           0x02 K_TOO_LARGE  K needs more than 65535 K chunks (sim/host.py:k_chunks)
  *           0x03 HW_ERROR     the command processor holds an error (ERR_CODE, ERR_ID,
  *                             ERR_QUEUE); the firmware stopped pushing. Recover with
  *                             CTRL.SOFT_RESET.
@@ -37,17 +37,21 @@
  *           0x07 TRAP         the firmware trapped (a bug); it halts: pulse CTRL.CPU_RESET
  *           0x80 READY        written once at boot (jobs = 0): the host may ring DOORBELL
  *           0x81 BUSY         written when a job starts (jobs = the jobs finished before it)
- * The checks run in plan_gemm's order (BAD_ARGS, UNSUPPORTED banks, K_TOO_LARGE, UNSUPPORTED
- * R) and before anything is pushed or any semaphore is written.
+ * The checks run in plan_gemm's order (BAD_ARGS, UNSUPPORTED banks, UNSUPPORTED R, K_TOO_LARGE)
+ * and before anything is pushed or any semaphore is written.
  *
  * The plan (sim/host.py module docstring) in short
  * ------------------------------------------------
  * Banks 0/1 A, 2/3 B, 4/5 C, 6/7 parameters (ping-pong slots). Blocks of mb x nb tiles; the
  * operand with less DRAM traffic is the inner one (reloaded per job). Semaphores 0 OPS_FREE = 2,
- * 1 OPS_READY = 0, 2 C_FREE = 2, 3 C_READY = 0. Push order L(0), then per job t: G(t), L(t+1),
- * S(t-1); finally S(T-1). Loads of a job are, in plan_gemm's order, the inner operand, the outer
- * one if it changes, the parameters if B was loaded. (sim/host.py's docstring says "the outer
- * operand ... then the inner operand"; its code, which this follows, pushes the inner one first.)
+ * 1 OPS_READY = 0, 2 C_FREE = 2, 3 C_READY = 0. Loads of a job are, in plan_gemm's order, the
+ * inner operand, the outer one if it changes, the parameters if B was loaded.
+ * When ceil(K / L) steps exceed a bank, K is split into kc chunks (k_chunks): every output block
+ * then takes kc jobs, one GEMM command each (the first adds the bias, the later ones accumulate
+ * onto the partial sums in the C slot, the last requantises), blocks run j-fastest and every job
+ * reloads both operands (2D loads: one row of the chunk's steps per tile) and the parameters.
+ * Push order L(0), then per job t: G(t), L(t+1), and after the first job of output block u >= 1
+ * the stores of block u-1; finally the stores of the last block.
  *
  * Pacing: like HostDriver, the firmware counts its pushes per queue and, before a push that would
  * leave more than QUEUE_DEPTH (8) commands queued or in flight, reads that queue's Q_COMPLETED,
@@ -96,6 +100,8 @@ enum { Q_LOAD = 0, Q_STORE = 1, Q_GEMM = 2, N_QUEUES = 3 };
 /* What block_sizes/plan_gemm decided for the job, and values derived from it once per job. */
 typedef struct {
     uint32_t M, N, R, C, W, S;
+    uint32_t kc;                 /* K chunks per output block (1: no split) */
+    uint32_t kq, kr;             /* S = kq·kc + kr: chunk k starts at step k·kq + k·kr / kc */
     uint32_t mt, nt, mb, nb, m_blocks, n_blocks, jobs;
     uint32_t inner_a;            /* 1: A is the inner operand (reloaded every job) */
     uint32_t e;                  /* bytes per C element */
@@ -198,7 +204,7 @@ static inline void push_load(uint32_t wait, uint32_t signal, uint32_t dram, uint
 #define FIRST_ADJ ((uint32_t)(SEM_C_READY - SEM_NONE) << 6)
 #define LAST_ADJ ((uint32_t)(SEM_C_FREE - SEM_NONE) << 11)
 
-/* The stores of job t = block (i, j): one 2D store per output tile, in row-major tile order,
+/* The stores of output block u = (i, j): one 2D store per output tile, in row-major tile order,
  * clipped at the matrix edges; the first waits on C_READY, the last signals C_FREE.
  *
  * This is the firmware's hot loop (the plan has one command per output tile, many more than
@@ -206,7 +212,7 @@ static inline void push_load(uint32_t wait, uint32_t signal, uint32_t dram, uint
  * (DRAM address), CMD3 (scratchpad address) and CMD_PUSH are written, and CMD4/CMD5 (rows, row
  * bytes) around the tiles clipped at the matrix edge. The state stays in registers, and
  * Q_COMPLETED is read only when the count says the queue may be full. */
-static __attribute__((noinline)) void emit_stores(const plan_t *p, uint32_t t, uint32_t i,
+static __attribute__((noinline)) void emit_stores(const plan_t *p, uint32_t u, uint32_t i,
                                                   uint32_t j) {
     volatile uint32_t *const cmd = CMD;
     const uint32_t last_i = i == p->m_blocks - 1, last_j = j == p->n_blocks - 1;
@@ -231,7 +237,7 @@ static __attribute__((noinline)) void emit_stores(const plan_t *p, uint32_t t, u
     uint32_t adj = FIRST_ADJ;                      /* header change of the next store */
     uint32_t n_pushed = n_pushed0;
     uint32_t limit = done[Q_STORE] + QUEUE_DEPTH;  /* n_pushed == limit: the queue may be full */
-    uint32_t sram = ((4 + (t & 1)) * p->bank) * p->W;
+    uint32_t sram = ((4 + (u & 1)) * p->bank) * p->W;
     uint32_t dram_row = p->c_addr + i * p->c_blk_row + j * p->c_blk_col;
     uint32_t dram = dram_row;
     uint32_t col_left = n_here;                    /* tiles left in the current row */
@@ -297,58 +303,87 @@ static __attribute__((noinline)) void emit_stores(const plan_t *p, uint32_t t, u
     next_id = h >> 16;
 }
 
-/* The slots of job t = block (i, j) (plan_gemm step 4); the outer block's index is j when A is
- * the inner operand (jobs = [(i, j) for j ... for i ...]), i otherwise. */
-#define A_SLOT(p, t, i, j) ((p)->inner_a ? (t) & 1 : (i) & 1)
-#define B_SLOT(p, t, i, j) ((p)->inner_a ? (j) & 1 : (t) & 1)
+/* Job t of the plan: output block (i, j), K chunk k, in the plan's loop order. */
+typedef struct {
+    uint32_t t, i, j, k;
+} job_t;
 
-/* The loads of job t = block (i, j): the inner operand, the outer one if it changes (the first
- * job of an outer block), the parameters if B is loaded. The first waits on OPS_FREE, the last
- * signals OPS_READY. */
-static inline void emit_loads(const plan_t *p, uint32_t t, uint32_t i, uint32_t j) {
+/* The slots of job q (plan_gemm step 4); the outer block's index is j when A is the inner
+ * operand (jobs = [(i, j) for j ... for i ...]), i when B is; with K chunks both are inner. */
+#define A_SLOT(p, q) (!(p)->inner_a && (p)->kc == 1 ? (q)->i & 1 : (q)->t & 1)
+#define B_SLOT(p, q) ((p)->inner_a ? (q)->j & 1 : (q)->t & 1)
+
+/* First step of K chunk k: k·S // kc (kq, kr: S = kq·kc + kr; k·kr < kc² < 2^32). */
+static inline uint32_t chunk_start(const plan_t *p, uint32_t k) {
+    return k * p->kq + (p->kc == 1 ? 0 : k * p->kr / p->kc);
+}
+
+/* A 2D load of the plan (K chunks): `rows` rows of `bytes` bytes, `dstride` bytes apart in
+ * DRAM and packed in the scratchpad. */
+static inline void push_load2(uint32_t wait, uint32_t signal, uint32_t dram, uint32_t sram,
+                              uint32_t rows, uint32_t bytes, uint32_t dstride) {
+    if (room(Q_LOAD)) {
+        push8(Q_LOAD, header(EMBER_OP_LOAD, wait, signal, next_id), NO_SEMS, dram, sram, rows,
+              bytes, dstride, bytes);
+    }
+}
+
+/* The loads of job q: the inner operand, the outer one if it changes (the first job of an outer
+ * block), the parameters if B is loaded. The first waits on OPS_FREE, the last signals
+ * OPS_READY. With K chunks: A and B (2D, the chunk's steps of each tile), then the parameters. */
+static inline void emit_loads(const plan_t *p, const job_t *q) {
+    const uint32_t i = q->i, j = q->j;
     const uint32_t W = p->W, bank = p->bank * W;  /* bank: scratchpad bytes per bank */
     const uint32_t last_i = i == p->m_blocks - 1, last_j = j == p->n_blocks - 1;
     const uint32_t SW = p->S * W;
+    const uint32_t m_here = last_i ? p->m_last : p->mb;
     const uint32_t a_dram = p->a_addr + i * p->a_blk;
-    const uint32_t a_sram = A_SLOT(p, t, i, j) * bank;
-    const uint32_t a_bytes = (last_i ? p->m_last : p->mb) * SW;
-    const uint32_t b_slot = B_SLOT(p, t, i, j), n_here = last_j ? p->n_last : p->nb;
+    const uint32_t a_sram = A_SLOT(p, q) * bank;
+    const uint32_t b_slot = B_SLOT(p, q), n_here = last_j ? p->n_last : p->nb;
     const uint32_t b_dram = p->b_addr + j * p->b_blk, b_sram = (2 + b_slot) * bank;
-    const uint32_t b_bytes = n_here * SW;
-    if (p->inner_a) {
+    if (p->kc > 1) {
+        const uint32_t k0 = chunk_start(p, q->k);
+        const uint32_t bytes = (chunk_start(p, q->k + 1) - k0) * W;
+        push_load2(SEM_OPS_FREE, SEM_NONE, a_dram + k0 * W, a_sram, m_here, bytes, SW);
+        push_load2(SEM_NONE, SEM_NONE, b_dram + k0 * W, b_sram, n_here, bytes, SW);
+    } else if (p->inner_a) {
         const uint32_t new_b = i == 0;            /* the first job of a column block */
-        push_load(SEM_OPS_FREE, new_b ? SEM_NONE : SEM_OPS_READY, a_dram, a_sram, a_bytes);
+        push_load(SEM_OPS_FREE, new_b ? SEM_NONE : SEM_OPS_READY, a_dram, a_sram, m_here * SW);
         if (!new_b) {
             return;
         }
-        push_load(SEM_NONE, SEM_NONE, b_dram, b_sram, b_bytes);
+        push_load(SEM_NONE, SEM_NONE, b_dram, b_sram, n_here * SW);
     } else {
         const uint32_t new_a = j == 0;            /* the first job of a row block */
-        push_load(SEM_OPS_FREE, SEM_NONE, b_dram, b_sram, b_bytes);
+        push_load(SEM_OPS_FREE, SEM_NONE, b_dram, b_sram, n_here * SW);
         if (new_a) {
-            push_load(SEM_NONE, SEM_NONE, a_dram, a_sram, a_bytes);
+            push_load(SEM_NONE, SEM_NONE, a_dram, a_sram, m_here * SW);
         }
     }
     push_load(SEM_NONE, SEM_OPS_READY, p->p_addr + j * p->p_blk, (6 + b_slot) * bank,
               3 * n_here * W);
 }
 
-/* The GEMM command of job t = block (i, j): waits OPS_READY and C_FREE, signals OPS_FREE and
- * C_READY. */
-static inline void emit_gemm(const plan_t *p, uint32_t t, uint32_t i, uint32_t j) {
-    const uint32_t bank = p->bank, b_slot = B_SLOT(p, t, i, j);
-    const uint32_t m_here = i == p->m_blocks - 1 ? p->m_last : p->mb;
-    const uint32_t n_here = j == p->n_blocks - 1 ? p->n_last : p->nb;
+/* The GEMM command of job q, output block u: waits OPS_READY, signals OPS_FREE; the block's
+ * first chunk waits C_FREE, its last signals C_READY. Chunks after the first accumulate (acc),
+ * all but the last stay raw. */
+static inline void emit_gemm(const plan_t *p, const job_t *q, uint32_t u) {
+    const uint32_t bank = p->bank, b_slot = B_SLOT(p, q);
+    const uint32_t m_here = q->i == p->m_blocks - 1 ? p->m_last : p->mb;
+    const uint32_t n_here = q->j == p->n_blocks - 1 ? p->n_last : p->nb;
+    const uint32_t first = q->k == 0, last = q->k == p->kc - 1;
+    const uint32_t steps = chunk_start(p, q->k + 1) - chunk_start(p, q->k);
     if (room(Q_GEMM)) {
         push8(Q_GEMM, header(EMBER_OP_GEMM, SEM_OPS_READY, SEM_OPS_FREE, next_id),
-              SEM_C_FREE | SEM_C_READY << 5,
-              A_SLOT(p, t, i, j) * bank | ((2 + b_slot) * bank) << 16,
-              (4 + (t & 1)) * bank | ((6 + b_slot) * bank) << 16,
-              p->S | m_here << 16 | n_here << 24, p->out, 0, 0);
+              (first ? SEM_C_FREE : SEM_NONE) | (last ? SEM_C_READY : SEM_NONE) << 5,
+              A_SLOT(p, q) * bank | ((2 + b_slot) * bank) << 16,
+              (4 + (u & 1)) * bank | ((6 + b_slot) * bank) << 16,
+              steps | m_here << 16 | n_here << 24,
+              p->out | (last ? 0 : 1) | (first ? 0 : 2), 0, 0);
     }
 }
 
-/* The block of the job after (i, j), in the plan's loop order. */
+/* The block after (i, j), in the plan's loop order (j fastest unless A is the inner operand). */
 static inline void advance(const plan_t *p, uint32_t *i, uint32_t *j) {
     if (p->inner_a) {
         if (++*i == p->m_blocks) {
@@ -361,30 +396,40 @@ static inline void advance(const plan_t *p, uint32_t *i, uint32_t *j) {
     }
 }
 
-/* Push every command of the plan: L(0), then G(t), L(t+1), S(t-1) for each job t, then
- * S(T-1). Stops early if `failed` is set. */
+/* The job after q. */
+static inline void next_job(const plan_t *p, job_t *q) {
+    q->t++;
+    if (++q->k == p->kc) {
+        q->k = 0;
+        advance(p, &q->i, &q->j);
+    }
+}
+
+/* Push every command of the plan: L(0), then for each job t: G(t), L(t+1), and the stores of
+ * block u-1 after the first job of block u; finally the stores of the last block. Stops early
+ * if `failed` is set. */
 static __attribute__((noinline)) void run_jobs(const plan_t *p) {
     const uint32_t T = p->jobs;
-    uint32_t pi = 0, pj = 0;                    /* block of job t - 1 */
-    uint32_t ci = 0, cj = 0;                    /* job t */
-    uint32_t ni = 0, nj = 0;                    /* job t + 1 */
-    /* Step s = t + 1 of the loop: G(s - 1), L(s), S(s - 2). */
-    for (uint32_t s = 0; s <= T && !failed; s++) {
-        if (s >= 1) {
-            emit_gemm(p, s - 1, ci, cj);
-            ci = ni, cj = nj;
+    job_t g = {0, 0, 0, 0}, l = {0, 0, 0, 0};   /* the next GEMM's job, the next loads' job */
+    uint32_t si = 0, sj = 0, u = 0;             /* the next block to store */
+    emit_loads(p, &l);
+    next_job(p, &l);
+    for (uint32_t t = 0; t < T && !failed; t++) {
+        const uint32_t first = g.k == 0;
+        emit_gemm(p, &g, u + (first && t > 0));
+        next_job(p, &g);
+        if (t + 1 < T) {
+            emit_loads(p, &l);
+            next_job(p, &l);
         }
-        if (s < T) {
-            emit_loads(p, s, ni, nj);
-            advance(p, &ni, &nj);
-        }
-        if (s >= 2) {
-            emit_stores(p, s - 2, pi, pj);
-            advance(p, &pi, &pj);
+        if (first && t > 0) {
+            emit_stores(p, u, si, sj);
+            u++;
+            advance(p, &si, &sj);
         }
     }
     if (!failed) {
-        emit_stores(p, T - 1, pi, pj);
+        emit_stores(p, u, si, sj);
     }
 }
 
@@ -403,14 +448,17 @@ static __attribute__((noinline, minsize)) uint32_t plan(plan_t *p, uint32_t M, u
         return ST_UNSUPPORTED;
     }
     const uint32_t mt = cdiv(M, R), S = cdiv(K, L), nt = cdiv(N, C);
-    if (S > depth) {
-        return ST_K_TOO_LARGE;
-    }
+    /* k_chunks: one chunk while S fits a bank, else chunks of at most depth / 4 steps. */
+    const uint32_t kc = S <= depth ? 1 : cdiv(S, depth / 4 ? depth / 4 : 1);
+    const uint32_t Sc = cdiv(S, kc);
     if (R > depth || 8 * depth > 0x10000u) {
         return ST_UNSUPPORTED;
     }
-    uint32_t mb = min_u(min_u(mt, depth / S), 255);
-    uint32_t nb = min_u(min_u(min_u(nt, depth / S), depth / 3), 255);
+    if (kc > 0xFFFFu) {
+        return ST_K_TOO_LARGE;
+    }
+    uint32_t mb = min_u(min_u(mt, depth / Sc), 255);
+    uint32_t nb = min_u(min_u(min_u(nt, depth / Sc), depth / 3), 255);
     while (mb * nb * R > depth) {
         if (mb > nb) {
             mb--;
@@ -427,8 +475,9 @@ static __attribute__((noinline, minsize)) uint32_t plan(plan_t *p, uint32_t M, u
     const uint32_t e = raw ? 4 : 1;
     p->M = M, p->N = N, p->R = R, p->C = C, p->W = W, p->S = S;
     p->mt = mt, p->nt = nt, p->mb = mb, p->nb = nb;
-    p->m_blocks = m_blocks, p->n_blocks = n_blocks, p->jobs = m_blocks * n_blocks;
-    p->inner_a = a_inner <= b_inner;
+    p->m_blocks = m_blocks, p->n_blocks = n_blocks, p->jobs = m_blocks * n_blocks * kc;
+    p->kc = kc, p->kq = S / kc, p->kr = S % kc;
+    p->inner_a = kc == 1 && a_inner <= b_inner;
     p->e = e;
     p->bank = depth;
     p->m_last = mt - (m_blocks - 1) * mb;

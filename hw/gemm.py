@@ -31,6 +31,17 @@ words per tile on its own port while the tile computes. The readers accept the n
 the current one, so consecutive commands follow with no bubble; a small FIFO tells the writer
 where each command's results go.
 
+Accumulation across commands (K split)
+--------------------------------------
+A reduction longer than one bank holds is split by software into K chunks, one command each, on
+the same result block. The first chunk runs as usual (``acc = 0``, raw: ``acc + bias``). A command
+with ``acc = 1`` reads each result row it is about to produce from ``c_addr`` (the INT32 partial
+sums the previous chunk wrote there) and adds it in place of the bias: the output stage computes
+``requant(acc + partial)`` (or raw ``acc + partial``) and the row is written back over the partial.
+So the bias is added exactly once, by the first chunk, and only the last chunk requantises. A
+command with ``acc = 1`` is accepted only once every earlier command has written all its rows, so
+that it never reads a partial sum before it is written (one pipeline drain per K chunk).
+
 Errors: a command with ``steps``, ``m_tiles`` or ``n_tiles`` equal to zero does nothing and
 completes with ``error = 1``.
 """
@@ -53,7 +64,8 @@ class _Reader(wiring.Component):
 
     For each of ``outer`` × ``inner`` tiles it reads ``steps`` consecutive words; the panel base
     advances by ``steps`` per tile along ``advance_on`` ("outer" for A: row-tiles, "inner" for B:
-    column-tiles). ``o`` carries the words in order, with ``last`` on each tile's final step.
+    column-tiles; "all": every tile, i.e. ``outer·inner·steps`` consecutive words). ``o`` carries
+    the words in order, with ``last`` on each tile's final step.
     """
 
     # Credit for the read round trip: 2 cycles of scratchpad latency, 2 through the buffered FIFO,
@@ -97,13 +109,13 @@ class _Reader(wiring.Component):
                 m.d.sync += s.eq(0)
                 with m.If(j != inner - 1):
                     m.d.sync += j.eq(j + 1)
-                    if self.advance_on == "inner":
+                    if self.advance_on in ("inner", "all"):
                         m.d.sync += tile.eq(tile + steps)
                 with m.Else():
                     m.d.sync += j.eq(0)
                     if self.advance_on == "inner":
                         m.d.sync += tile.eq(base)
-                    else:
+                    else:   # "outer" and "all"
                         m.d.sync += tile.eq(tile + steps)
                     with m.If(i != outer - 1):
                         m.d.sync += i.eq(i + 1)
@@ -153,11 +165,14 @@ class GemmEngine(wiring.Component):
     cmd : In(stream.Signature(cmd_layout))
         ``a_addr``, ``b_addr``, ``c_addr``, ``p_addr`` (word addresses), ``steps``, ``m_tiles``,
         ``n_tiles``, ``raw`` (1: INT32 ``acc + bias``; 0: INT8 requantised), ``zero_point``,
-        ``act_min``, ``act_max``, ``tag``.
+        ``act_min``, ``act_max``, ``acc`` (1: add the INT32 rows at ``c_addr`` instead of the
+        bias, see above), ``tag``.
     done : Out(stream.Signature(done_layout))
         One ``{tag, error}`` per command, after its last result row is written.
     a_rd, b_rd, p_rd : Out(sram_port_signature(...))
         Operand and output-parameter read ports.
+    d_rd : Out(sram_port_signature(...))
+        Partial-sum read port (``acc`` commands only).
     c_wr : Out(sram_port_signature(...))
         Result write port.
     busy : Out(1)
@@ -185,7 +200,7 @@ class GemmEngine(wiring.Component):
             "a_addr": addr_width, "b_addr": addr_width, "c_addr": addr_width,
             "p_addr": addr_width, "steps": 16, "m_tiles": 16, "n_tiles": 16,
             "raw": 1, "zero_point": signed(8), "act_min": signed(8), "act_max": signed(8),
-            "tag": tag_width,
+            "acc": 1, "tag": tag_width,
         })
         self.done_layout = data.StructLayout({"tag": tag_width, "error": 4})
         port = sram_port_signature(addr_width=addr_width, data_bytes=data_bytes)
@@ -195,6 +210,7 @@ class GemmEngine(wiring.Component):
             "a_rd": Out(port),
             "b_rd": Out(port),
             "p_rd": Out(port),
+            "d_rd": Out(port),
             "c_wr": Out(port),
             "busy": Out(1),
             "step": Out(1),
@@ -214,13 +230,16 @@ class GemmEngine(wiring.Component):
         m.submodules.p_reader = rp = _Reader(addr_width=self.addr_width, data_bytes=W,
                                              advance_on="inner")
         wiring.connect(m, wiring.flipped(self.p_rd), rp.rd)
+        m.submodules.d_reader = rd = _Reader(addr_width=self.addr_width, data_bytes=W,
+                                             advance_on="all")
+        wiring.connect(m, wiring.flipped(self.d_rd), rd.rd)
         m.submodules.requant = rq = Requant(cols=C)
 
         # Per-command bookkeeping, read at two points: where rows enter the output stage (the
         # scalars) and where they are written (address, packing, completion).
         job_layout = data.StructLayout({
             "c_addr": self.addr_width, "rows": 32, "tag": self.tag_width, "error": 1,
-            "raw": 1, "zero_point": 8, "act_min": 8, "act_max": 8,
+            "raw": 1, "zero_point": 8, "act_min": 8, "act_max": 8, "acc": 1,
         })
         m.submodules.rq_jobs = rq_jobs = fifo.SyncFIFOBuffered(width=job_layout.size, depth=4)
         m.submodules.wr_jobs = wr_jobs = fifo.SyncFIFOBuffered(width=job_layout.size, depth=4)
@@ -229,8 +248,11 @@ class GemmEngine(wiring.Component):
         malformed = (cmd.steps == 0) | (cmd.m_tiles == 0) | (cmd.n_tiles == 0)
         accept = Signal()
         start = accept & ~malformed
+        # An `acc` command waits until every earlier command has written its last row.
+        unwritten = Signal(range(16))   # commands accepted and not yet finished
         m.d.comb += [
-            self.cmd.ready.eq(ra.idle & rb.idle & rp.idle & rq_jobs.w_rdy & wr_jobs.w_rdy),
+            self.cmd.ready.eq(ra.idle & rb.idle & rp.idle & rd.idle & rq_jobs.w_rdy &
+                              wr_jobs.w_rdy & (~cmd.acc | (unwritten == 0))),
             accept.eq(self.cmd.valid & self.cmd.ready),
             ra.base.eq(cmd.a_addr), rb.base.eq(cmd.b_addr), rp.base.eq(cmd.p_addr),
             ra.outer.eq(cmd.m_tiles), ra.inner.eq(cmd.n_tiles),
@@ -238,6 +260,8 @@ class GemmEngine(wiring.Component):
             rp.outer.eq(cmd.m_tiles), rp.inner.eq(cmd.n_tiles),
             ra.steps.eq(cmd.steps), rb.steps.eq(cmd.steps), rp.steps.eq(3),
             ra.start.eq(start), rb.start.eq(start), rp.start.eq(start),
+            rd.base.eq(cmd.c_addr), rd.steps.eq(R), rd.outer.eq(cmd.m_tiles),
+            rd.inner.eq(cmd.n_tiles), rd.start.eq(start & cmd.acc),
         ]
         job_in = Signal(job_layout)
         m.d.comb += [
@@ -249,6 +273,7 @@ class GemmEngine(wiring.Component):
             job_in.zero_point.eq(cmd.zero_point),
             job_in.act_min.eq(cmd.act_min),
             job_in.act_max.eq(cmd.act_max),
+            job_in.acc.eq(cmd.acc),
             rq_jobs.w_data.eq(job_in), rq_jobs.w_en.eq(accept),
             wr_jobs.w_data.eq(job_in), wr_jobs.w_en.eq(accept),
         ]
@@ -293,7 +318,7 @@ class GemmEngine(wiring.Component):
         rq_job, prm = Signal(job_layout), Signal(prm_layout)
         m.d.comb += [rq_job.eq(rq_jobs.r_data), prm.eq(prm_fifo.r_data)]
         rq_row = Signal(32)
-        have = rq_jobs.r_rdy & ~rq_job.error & prm_fifo.r_rdy
+        have = rq_jobs.r_rdy & ~rq_job.error & prm_fifo.r_rdy & (~rq_job.acc | rd.o.valid)
         m.d.comb += [
             rq.i.payload.eq(array.o.payload),
             rq.i.valid.eq(array.o.valid & have),
@@ -304,11 +329,13 @@ class GemmEngine(wiring.Component):
             rq.params.act_max.eq(rq_job.act_max),
         ]
         for c in range(C):
-            m.d.comb += [rq.params.bias[c].eq(prm.bias[c]),
+            partial = rd.o.payload.word[32 * c:32 * (c + 1)]
+            m.d.comb += [rq.params.bias[c].eq(Mux(rq_job.acc, partial, prm.bias[c])),
                          rq.params.multiplier[c].eq(prm.multiplier[c]),
                          rq.params.shift[c].eq(prm.shift[c])]
         entered = rq.i.valid & rq.i.ready
-        m.d.comb += prm_fifo.r_en.eq(entered & array.o.payload.last)
+        m.d.comb += [prm_fifo.r_en.eq(entered & array.o.payload.last),
+                     rd.o.ready.eq(entered & rq_job.acc)]
         with m.If(rq_jobs.r_rdy & rq_job.error):
             m.d.comb += rq_jobs.r_en.eq(1)
         with m.If(entered):
@@ -344,6 +371,8 @@ class GemmEngine(wiring.Component):
             with m.Else():
                 m.d.sync += row.eq(row + 1)
 
+        m.d.sync += unwritten.eq(unwritten + accept - finished)
+
         # Completion: a one-entry output register so `done` never waits on `ready`.
         m.d.comb += [self.done.valid.eq(done_full), wr_jobs.r_en.eq(finished)]
         with m.If(self.done.ready):
@@ -354,7 +383,7 @@ class GemmEngine(wiring.Component):
 
         m.d.comb += [
             self.step.eq(array.a.valid & array.a.ready),
-            self.busy.eq(~ra.idle | ~rb.idle | ~rp.idle | wr_jobs.r_rdy | array.busy |
+            self.busy.eq(~ra.idle | ~rb.idle | ~rp.idle | ~rd.idle | wr_jobs.r_rdy | array.busy |
                          rq.busy | done_full),
         ]
         return m

@@ -24,11 +24,11 @@ queue  opcode  engine, and the meaning of argument words 0..5 (header words 2..7
 1      2       DMA store (scratchpad → DRAM): the same fields
 2      3       GEMM: ``a_addr | b_addr << 16``, ``c_addr | p_addr << 16`` (scratchpad word
                addresses), ``steps | m_tiles << 16 | n_tiles << 24``,
-               ``raw | zero_point << 8 | act_min << 16 | act_max << 24``
+               ``raw | acc << 1 | zero_point << 8 | act_min << 16 | act_max << 24``
 =====  ======  ==========================================================================
 
 Scratchpad ports: 0 DMA write (loads), 1 DMA read (stores), 2 GEMM A, 3 GEMM B, 4 GEMM results,
-5 GEMM parameters.
+5 GEMM parameters, 6 GEMM partial sums.
 
 ``CTRL.SOFT_RESET`` clears the command processor and resets the GEMM engine and the scratchpad's
 arbiters (the scratchpad keeps its contents). The DMA is not reset, because AXI gives no way to
@@ -101,7 +101,7 @@ class Ember(wiring.Component):
         m.submodules.cp = cp = CommandProcessor(
             opcodes=[regmap.OPCODES[q] for q in queues], depth=8, inflight=4)
         sram = Scratchpad(banks=cfg.sram_banks, depth=cfg.sram_depth,
-                          data_bytes=cfg.bus_bytes, ports=6)
+                          data_bytes=cfg.bus_bytes, ports=7)
         dma = DMA(data_bytes=cfg.bus_bytes, addr_width=cfg.axi_addr_width,
                   id_width=cfg.axi_id_width, outstanding=cfg.dma_outstanding,
                   max_burst=cfg.dma_max_burst, sram_addr_width=sram.addr_width,
@@ -192,7 +192,7 @@ class Ember(wiring.Component):
             g.a_addr.eq(args[0][:16]), g.b_addr.eq(args[0][16:]),
             g.c_addr.eq(args[1][:16]), g.p_addr.eq(args[1][16:]),
             g.steps.eq(args[2][:16]), g.m_tiles.eq(args[2][16:24]), g.n_tiles.eq(args[2][24:]),
-            g.raw.eq(args[3][0]), g.zero_point.eq(args[3][8:16]),
+            g.raw.eq(args[3][0]), g.acc.eq(args[3][1]), g.zero_point.eq(args[3][8:16]),
             g.act_min.eq(args[3][16:24]), g.act_max.eq(args[3][24:]),
             g.tag.eq(eng.cmd.payload.header.id),
             eng.done.valid.eq(gemm.done.valid),
@@ -203,7 +203,7 @@ class Ember(wiring.Component):
 
         # Scratchpad clients.
         for port, client in enumerate((dma.sram_wr, dma.sram_rd, gemm.a_rd, gemm.b_rd,
-                                       gemm.c_wr, gemm.p_rd)):
+                                       gemm.c_wr, gemm.p_rd, gemm.d_rd)):
             wiring.connect(m, client, sram.ports[port])
 
         # DRAM.

@@ -52,7 +52,7 @@ ST_READY = 0x80
 ST_BUSY = 0x81
 
 STATUS_NAMES = {
-    ST_OK: "ok", ST_BAD_JOB: "bad job kind", ST_K_TOO_LARGE: "K too large for a scratchpad bank",
+    ST_OK: "ok", ST_BAD_JOB: "bad job kind", ST_K_TOO_LARGE: "K needs more than 65535 K chunks",
     ST_HW_ERROR: "hardware error", ST_BAD_ARGS: "bad arguments (M, K or N is 0)",
     ST_UNSUPPORTED: "configuration not supported by the plan",
     ST_TIMEOUT: "firmware watchdog: no completion", ST_TRAP: "firmware trapped",

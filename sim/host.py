@@ -25,10 +25,15 @@ multiplier, shift), and C, row-major ``M×N`` of INT32 (raw) or INT8 (requantise
 ``S = ceil(K/L)`` steps, ``mt = ceil(M/R)`` row tiles, ``nt = ceil(N/C)`` column tiles.
 
 1. **Scratchpad.** Ping-pong slots, one bank each: A in banks 0/1, B in banks 2/3, C in banks
-   4/5, parameters in banks 6/7 (so the engine's four ports and the DMA never share a bank).
-   K must fit one bank: ``S ≤ sram_depth``, else ``ValueError``.
+   4/5, parameters in banks 6/7 (so the engine's operand ports and the DMA never share a bank).
+   **K chunks** (:func:`k_chunks`): while a tile's K panel fits a bank (``S ≤ sram_depth``)
+   there is one chunk; beyond that K is split into ``kc = ceil(S / (depth // 4))`` chunks of
+   ``Sc = ceil(S / kc)`` steps or one fewer (chunk ``k``: steps ``[k·S // kc, (k+1)·S // kc)``).
+   Each chunk is one GEMM command on the same C slot: the first adds the bias (raw), the later
+   ones add the partial sums already there (``acc``, ``hw/gemm.py``), and only the last
+   requantises. So K has no practical limit (``kc ≤ 65535``).
 2. **Block size** (``mb`` row tiles × ``nb`` column tiles per GEMM command). Caps:
-   ``mb ≤ min(mt, depth // S, 255)``, ``nb ≤ min(nt, depth // S, depth // 3, 255)``; while
+   ``mb ≤ min(mt, depth // Sc, 255)``, ``nb ≤ min(nt, depth // Sc, depth // 3, 255)``; while
    ``mb·nb·R > depth`` (the C block must fit a bank), decrease the larger of the two (``nb``
    on a tie). Then balance: ``m_blocks = ceil(mt / mb)``, ``mb = ceil(mt / m_blocks)``, and the
    same for ``n``. Edge blocks are smaller.
@@ -36,12 +41,17 @@ multiplier, shift), and C, row-major ``M×N`` of INT32 (raw) or INT8 (requantise
    job) and the other in the *outer* loop (loaded once per outer block). The inner one is the
    one with less DRAM traffic overall: A inner costs ``n_blocks·mt·S + nt·(S+3)`` words,
    B inner ``m_blocks·nt·(S+3) + mt·S``; on a tie A is inner. The parameters travel with B.
-4. **Slots.** Job ``t`` (0, 1, ... in loop order): the inner operand goes to slot ``t % 2``, the
-   outer operand (loaded at the first job of outer block ``o``) to slot ``o % 2``, C to slot
-   ``t % 2``.
-5. **Commands of job t.** Loads (1D: one row of the block's bytes): the inner operand, then
-   the outer operand if it changes, then the parameters if they change. One GEMM command. One
-   2D store per output tile: ``rows = min(R, M - row0)``, ``row_bytes = min(C, N - col0)·e``,
+   With K chunks both operands are inner (``inner = "ab"``): blocks run with j fastest, each
+   block's ``kc`` chunks in a row, and every job loads its A chunk, its B chunk and the
+   parameters.
+4. **Slots.** Job ``t`` (0, 1, ... in loop order; one per block and K chunk): the inner operand
+   goes to slot ``t % 2``, the outer operand (loaded at the first job of outer block ``o``) to
+   slot ``o % 2``, C to slot ``u % 2`` for output block ``u = t // kc``.
+5. **Commands of job t.** Loads: the inner operand, then the outer operand if it changes, then
+   the parameters if they change; 1D (one row of the block's bytes) without K chunks, else 2D
+   (one row of ``Sk·W`` bytes per tile, DRAM stride ``S·W``). One GEMM command. After the last
+   chunk of a block, one 2D store per output tile: ``rows = min(R, M - row0)``,
+   ``row_bytes = min(C, N - col0)·e``,
    ``sram_stride = W`` (one result row per word), ``dram_stride = N·e``; rows and columns
    beyond the matrix are never stored.
 6. **Semaphores** (each has one producer queue and one consumer queue):
@@ -51,17 +61,23 @@ multiplier, shift), and C, row-major ``M×N`` of INT32 (raw) or INT8 (requantise
    =============  ====  ===========================================  ==========================
    0 OPS_FREE     2     each GEMM (signal)                           the first load of a job
    1 OPS_READY    0     the last load of a job                       each GEMM (wait)
-   2 C_FREE       2     the last store of a job                      each GEMM (wait2)
-   3 C_READY      0     each GEMM (signal2)                          the first store of a job
+   2 C_FREE       2     the last store of a block                    a block's first GEMM
+                                                                     (wait2)
+   3 C_READY      0     a block's last GEMM (signal2)                the first store of a block
    =============  ====  ===========================================  ==========================
 
    So the loads of job t start once GEMM t-2 is done (their slots were last read by job t-2 or
-   earlier), GEMM t starts once its operands are in and the stores of job t-2 have emptied its C
-   slot, and the stores of job t start once GEMM t is done. Commands within a queue complete in
+   earlier), GEMM t starts once its operands are in (and, if it is the first GEMM of block u,
+   once the stores of block u-2 have emptied its C slot), and the stores of block u start once
+   its last GEMM is done. Commands within a queue complete in
    order, which is why one signal from a job's last load (or store) covers all of them. Every
-   job has at least one load (the inner operand) and one store, so the counts stay balanced.
-7. **Push order:** ``L0``, then for each job t: ``G(t)``, ``L(t+1)``, ``S(t-1)``; finally
-   ``S(T-1)``. Every command waits only on commands pushed before it, so a host that blocks on a
+   job has at least one load (the inner operand) and every block one store, so the counts stay
+   balanced. Between the chunks of a block no semaphore is needed: the GEMM engine starts an
+   ``acc`` command only after the previous command has written its results.
+7. **Push order:** ``L0``, then for each job t: ``G(t)``, ``L(t+1)``, and, if t is the first
+   job of block ``u ≥ 1``, the stores of block ``u-1``; finally the stores of the last block
+   (without K chunks: ``G(t)``, ``L(t+1)``, ``S(t-1)``, then ``S(T-1)``). Every command waits
+   only on commands pushed before it, so a host that blocks on a
    full queue never deadlocks, and the next job's loads are queued before the (many) stores of
    the previous job: load t+1 and store t-1 overlap compute t. Command ids count up from
    ``first_id`` in push order (mod 2^16), so ``ERR_ID`` names the exact command.
@@ -81,7 +97,7 @@ __all__ = [
     "Command", "command_words", "decode_command", "dma_command", "gemm_command", "pack_params",
     "GemmPlan", "plan_gemm", "DramLayout", "dram_layout",
     "EmberHardwareError", "EmberTimeout", "BusError", "describe_error", "RegisterBus", "HostDriver",
-    "utilization", "block_sizes",
+    "utilization", "block_sizes", "k_chunks",
 ]
 
 SEM_NONE = 31
@@ -149,8 +165,9 @@ def dma_command(kind, cid, *, dram_addr, sram_addr, rows, row_bytes, dram_stride
 
 
 def gemm_command(cid, *, a_addr, b_addr, c_addr, p_addr, steps, m_tiles, n_tiles, raw,
-                 zero_point=0, act_min=-128, act_max=127, **sems):
-    """A GEMM command; scratchpad addresses are word addresses."""
+                 zero_point=0, act_min=-128, act_max=127, acc=False, **sems):
+    """A GEMM command; scratchpad addresses are word addresses. ``acc``: add the INT32 partial
+    sums at ``c_addr`` instead of the bias (a later K chunk, ``hw/gemm.py``)."""
     for name, value, hi in (("a_addr", a_addr, 0xFFFF), ("b_addr", b_addr, 0xFFFF),
                             ("c_addr", c_addr, 0xFFFF), ("p_addr", p_addr, 0xFFFF),
                             ("steps", steps, 0xFFFF), ("m_tiles", m_tiles, 0xFF),
@@ -158,11 +175,11 @@ def gemm_command(cid, *, a_addr, b_addr, c_addr, p_addr, steps, m_tiles, n_tiles
         if not 0 <= value <= hi:
             raise ValueError(f"{name} must be in [0, {hi}], not {value!r}")
     args = (a_addr | b_addr << 16, c_addr | p_addr << 16, steps | m_tiles << 16 | n_tiles << 24,
-            int(bool(raw)) | (zero_point & 0xFF) << 8 | (act_min & 0xFF) << 16
-            | (act_max & 0xFF) << 24, 0, 0)
+            int(bool(raw)) | int(bool(acc)) << 1 | (zero_point & 0xFF) << 8
+            | (act_min & 0xFF) << 16 | (act_max & 0xFF) << 24, 0, 0)
     words = command_words(regmap.OPCODES["gemm"], cid, args, **sems)
     note = (f"gemm a={a_addr} b={b_addr} c={c_addr} p={p_addr} steps={steps} "
-            f"tiles={m_tiles}x{n_tiles} raw={int(bool(raw))}")
+            f"tiles={m_tiles}x{n_tiles} raw={int(bool(raw))} acc={int(bool(acc))}")
     return Command(regmap.QUEUE_NAMES.index("gemm"), words, note)
 
 
@@ -199,8 +216,10 @@ class GemmPlan:
     mb, nb, m_blocks, n_blocks : int
         Block size (tiles) and number of blocks along M and N.
     inner : str
-        ``"a"`` or ``"b"``: the operand reloaded for every job.
-    jobs : list of (i_block, j_block)
+        ``"a"`` or ``"b"``: the operand reloaded for every job; ``"ab"``: both (K chunks).
+    k_chunks : int
+        K chunks per output block (1 when the K panel of a tile fits a bank).
+    jobs : list of (i_block, j_block, k_chunk)
         In execution order.
     commands : list of Command
         In push order.
@@ -219,6 +238,7 @@ class GemmPlan:
     m_blocks: int
     n_blocks: int
     inner: str
+    k_chunks: int
     jobs: list
     commands: list
     semaphores: dict
@@ -230,19 +250,33 @@ class GemmPlan:
         return sum(1 for c in self.commands if c.queue == queue)
 
 
+def k_chunks(config, S):
+    """``(kc, Sc)``: the number of K chunks for ``S`` array steps, and the largest chunk.
+
+    One chunk while the K panel of one tile fits a bank (``S ≤ sram_depth``); else chunks of at
+    most ``sram_depth // 4`` steps, so that blocks of up to 4×4 tiles fit the operand slots.
+    Chunk ``k`` covers steps ``[k·S // kc, (k+1)·S // kc)``.
+    """
+    depth = config.sram_depth
+    if S <= depth:
+        return 1, S
+    kc = -(-S // max(1, depth // 4))
+    if kc > 0xFFFF:
+        raise ValueError(f"K needs {kc} K chunks of at most {max(1, depth // 4)} array steps; "
+                         f"the plan supports at most 65535")
+    return kc, -(-S // kc)
+
+
 def block_sizes(config, M, K, N):
     """``(mt, S, nt, mb, nb)``: the tiles of the problem and the block size of the plan."""
     R, C, L = config.pe_rows, config.pe_cols, config.pe_lanes
     depth = config.sram_depth
     mt, S, nt = gemm_tiles(M, K, N, rows=R, cols=C, lanes=L)
-    if S > depth:
-        raise ValueError(f"K = {K} needs {S} array steps of {L}, more than one scratchpad bank "
-                         f"holds ({depth} words): K must be at most {depth * L} on "
-                         f"{config.name!r}")
     if R > depth:
         raise ValueError(f"a result tile of {R} rows does not fit a bank of {depth} words")
-    mb = min(mt, depth // S, 255)
-    nb = min(nt, depth // S, depth // 3, 255)
+    _, Sc = k_chunks(config, S)
+    mb = min(mt, depth // Sc, 255)
+    nb = min(nt, depth // Sc, depth // 3, 255)
     while mb * nb * R > depth:
         if mb > nb:
             mb -= 1
@@ -275,7 +309,8 @@ def plan_gemm(config, M, K, N, *, a_addr, b_addr, p_addr, c_addr, raw, zero_poin
     Raises
     ------
     ValueError
-        If K does not fit one scratchpad bank, or the configuration has fewer than 8 banks.
+        If an argument is out of range, a result tile does not fit a bank, or the configuration
+        has fewer than 8 banks.
     """
     for name, value in (("M", M), ("K", K), ("N", N)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -285,15 +320,21 @@ def plan_gemm(config, M, K, N, *, a_addr, b_addr, p_addr, c_addr, raw, zero_poin
                          f"{config.sram_banks}")
     R, C, W, depth = config.pe_rows, config.pe_cols, config.bus_bytes, config.sram_depth
     mt, S, nt, mb, nb = block_sizes(config, M, K, N)
+    kc, _ = k_chunks(config, S)
     m_blocks, n_blocks = -(-mt // mb), -(-nt // nb)
     a_inner_cost = n_blocks * mt * S + nt * (S + 3)
     b_inner_cost = m_blocks * nt * (S + 3) + mt * S
-    inner = "a" if a_inner_cost <= b_inner_cost else "b"
-    e = 4 if raw else 1
-    if inner == "a":
-        jobs = [(i, j) for j in range(n_blocks) for i in range(m_blocks)]
+    if kc > 1:
+        inner = "ab"
+        blocks = [(i, j) for i in range(m_blocks) for j in range(n_blocks)]
+    elif a_inner_cost <= b_inner_cost:
+        inner = "a"
+        blocks = [(i, j) for j in range(n_blocks) for i in range(m_blocks)]
     else:
-        jobs = [(i, j) for i in range(m_blocks) for j in range(n_blocks)]
+        inner = "b"
+        blocks = [(i, j) for i in range(m_blocks) for j in range(n_blocks)]
+    jobs = [(i, j, k) for i, j in blocks for k in range(kc)]
+    e = 4 if raw else 1
 
     ids = itertools.count(first_id)
 
@@ -307,9 +348,12 @@ def plan_gemm(config, M, K, N, *, a_addr, b_addr, p_addr, c_addr, raw, zero_poin
     read_bytes = write_bytes = 0
     outer_block = -1
     prev_outer = None
-    for t, (i, j) in enumerate(jobs):
+    for t, (i, j, k) in enumerate(jobs):
+        u = t // kc                       # output block
         m_here = min(mb, mt - i * mb)
         n_here = min(nb, nt - j * nb)
+        k0, k1 = k * S // kc, (k + 1) * S // kc
+        Sk = k1 - k0
         outer_key = j if inner == "a" else i
         if outer_key != prev_outer:
             outer_block += 1
@@ -317,59 +361,69 @@ def plan_gemm(config, M, K, N, *, a_addr, b_addr, p_addr, c_addr, raw, zero_poin
             new_outer = True
         else:
             new_outer = False
-        a_slot = t % 2 if inner == "a" else outer_block % 2
-        b_slot = t % 2 if inner == "b" else outer_block % 2
-        c_slot = t % 2
+        a_slot = outer_block % 2 if inner == "b" else t % 2
+        b_slot = outer_block % 2 if inner == "a" else t % 2
+        c_slot = u % 2
         a_word, b_word, p_word, c_word = bank(a_slot), bank(2 + b_slot), bank(6 + b_slot), \
             bank(4 + c_slot)
 
-        # Loads: inner operand, outer operand (if new), parameters (if B is new).
+        # Loads: inner operand, outer operand (if new), parameters (if B is new). K chunks
+        # reload both operands (2D: one row of the chunk's steps per tile).
         job_loads = []
-        load_a = inner == "a" or new_outer
-        load_b = inner == "b" or new_outer
+        load_a = inner != "b" or new_outer
+        load_b = inner != "a" or new_outer
         specs = []
         if load_a:
-            specs.append(("A", a_addr + i * mb * S * W, a_word, m_here * S * W))
+            specs.append(("A", a_addr + (i * mb * S + k0) * W, a_word, m_here, Sk * W))
         if load_b:
-            specs.append(("B", b_addr + j * nb * S * W, b_word, n_here * S * W))
+            specs.append(("B", b_addr + (j * nb * S + k0) * W, b_word, n_here, Sk * W))
         if inner == "b":
             specs.reverse()   # the inner operand (B) first
         if load_b:
-            specs.append(("P", p_addr + 3 * j * nb * W, p_word, 3 * n_here * W))
-        for k, (what, dram, word, nbytes) in enumerate(specs):
+            specs.append(("P", p_addr + 3 * j * nb * W, p_word, 1, 3 * n_here * W))
+        for n, (what, dram, word, rows, row_bytes) in enumerate(specs):
             sems = {}
-            if k == 0:
+            if n == 0:
                 sems["wait"] = SEM_OPS_FREE
-            if k == len(specs) - 1:
+            if n == len(specs) - 1:
                 sems["signal"] = SEM_OPS_READY
-            cmd = dma_command("load", 0, dram_addr=dram, sram_addr=word * W, rows=1,
-                              row_bytes=nbytes, **sems)
+            if kc == 1 or what == "P":
+                geometry = dict(rows=1, row_bytes=rows * row_bytes)
+            else:
+                geometry = dict(rows=rows, row_bytes=row_bytes, dram_stride=S * W,
+                                sram_stride=row_bytes)
+            cmd = dma_command("load", 0, dram_addr=dram, sram_addr=word * W, **geometry,
+                              **sems)
             job_loads.append(dataclasses.replace(cmd, note=f"job {t} {what}: {cmd.note}"))
-            read_bytes += nbytes
+            read_bytes += rows * row_bytes
         loads.append(job_loads)
 
+        first, last = k == 0, k == kc - 1
         g = gemm_command(0, a_addr=a_word, b_addr=b_word, c_addr=c_word, p_addr=p_word,
-                         steps=S, m_tiles=m_here, n_tiles=n_here, raw=raw,
-                         zero_point=zero_point, act_min=act_min, act_max=act_max,
-                         wait=SEM_OPS_READY, wait2=SEM_C_FREE, signal=SEM_OPS_FREE,
-                         signal2=SEM_C_READY)
+                         steps=Sk, m_tiles=m_here, n_tiles=n_here, raw=raw or not last,
+                         acc=not first, zero_point=zero_point, act_min=act_min,
+                         act_max=act_max, wait=SEM_OPS_READY, signal=SEM_OPS_FREE,
+                         wait2=SEM_C_FREE if first else SEM_NONE,
+                         signal2=SEM_C_READY if last else SEM_NONE)
         gemms.append(dataclasses.replace(g, note=f"job {t}: {g.note}"))
+        if not last:
+            continue
 
         job_stores = []
         n_tiles_here = m_here * n_here
-        for k in range(n_tiles_here):
-            il, jl = divmod(k, n_here)
+        for n in range(n_tiles_here):
+            il, jl = divmod(n, n_here)
             row0, col0 = (i * mb + il) * R, (j * nb + jl) * C
             rows, cols = min(R, M - row0), min(C, N - col0)
             sems = {}
-            if k == 0:
+            if n == 0:
                 sems["wait"] = SEM_C_READY
-            if k == n_tiles_here - 1:
+            if n == n_tiles_here - 1:
                 sems["signal"] = SEM_C_FREE
             cmd = dma_command("store", 0, dram_addr=c_addr + (row0 * N + col0) * e,
-                              sram_addr=(c_word + k * R) * W, rows=rows, row_bytes=cols * e,
+                              sram_addr=(c_word + n * R) * W, rows=rows, row_bytes=cols * e,
                               dram_stride=N * e, sram_stride=W, **sems)
-            job_stores.append(dataclasses.replace(cmd, note=f"job {t} tile {k}: {cmd.note}"))
+            job_stores.append(dataclasses.replace(cmd, note=f"block {u} tile {n}: {cmd.note}"))
             write_bytes += rows * cols * e
         stores.append(job_stores)
 
@@ -378,8 +432,8 @@ def plan_gemm(config, M, K, N, *, a_addr, b_addr, p_addr, c_addr, raw, zero_poin
         order.append(gemms[t])
         if t + 1 < len(jobs):
             order += loads[t + 1]
-        if t >= 1:
-            order += stores[t - 1]
+        if t % kc == 0 and t >= kc:
+            order += stores[t // kc - 1]
     order += stores[-1]
     commands = []
     for cmd in order:
@@ -387,7 +441,7 @@ def plan_gemm(config, M, K, N, *, a_addr, b_addr, p_addr, c_addr, raw, zero_poin
         w[0] = (w[0] & 0xFFFF) | next_id() << 16
         commands.append(dataclasses.replace(cmd, words=tuple(w)))
     return GemmPlan(m_tiles=mt, n_tiles=nt, steps=S, mb=mb, nb=nb, m_blocks=m_blocks,
-                    n_blocks=n_blocks, inner=inner, jobs=jobs, commands=commands,
+                    n_blocks=n_blocks, inner=inner, k_chunks=kc, jobs=jobs, commands=commands,
                     semaphores=dict(PLAN_SEMAPHORES), array_steps=mt * nt * S,
                     dram_read_bytes=read_bytes, dram_write_bytes=write_bytes)
 

@@ -61,7 +61,6 @@ N = B.shape[1]
     ((A, B), {"multiplier": _vec(N), "shift": _vec(N), "act_min": 5, "act_max": 4}, ValueError,
      "act_min must not exceed act_max"),
     ((A, B), {"zero_point": 3}, ValueError, "apply to requantised"),
-    ((np.zeros((2, 1025), I8), np.zeros((1025, 2), I8)), {}, ValueError, "K = 1025 needs"),
 ])
 def test_gemm_argument_errors(args, kwargs, exc, match):
     dev = Device("tiny")
@@ -169,7 +168,6 @@ def test_cli_files_and_requant(tmp_path):
 @pytest.mark.parametrize("args, match", [
     (["--m", "4", "--k", "4"], "give --a and --b, or all of --m, --k and --n"),
     (["--m", "0", "--k", "4", "--n", "4"], "--m must be at least 1"),
-    (["--m", "2", "--k", "2000", "--n", "2"], "K = 2000 needs"),
     (["--m", "2", "--k", "2", "--n", "2", "--zero-point", "7"], "apply to requantised"),
     (["--a", "/nonexistent.npy", "--b", "/nonexistent.npy"], "--a /nonexistent.npy"),
     (["--m", "x"], "invalid int value"),

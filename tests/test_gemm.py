@@ -14,13 +14,14 @@ from sim.runner import build_rtl, generate_verilog, lint, run_cocotb
 class GemmHarness(wiring.Component):
     """Test wrapper: GemmEngine + Scratchpad, with host/load/store ports for the testbench.
 
-    Scratchpad ports: 0-3 the engine's A, B, result and parameter ports; 4 host; 5 load; 6 store.
+    Scratchpad ports: 0-3 the engine's A, B, result and parameter ports; 4 host; 5 load; 6 store;
+    7 the engine's partial-sum port.
     """
 
     def __init__(self, cfg):
         self.cfg = cfg
         self._sram = probe = Scratchpad(banks=cfg.sram_banks, depth=cfg.sram_depth,
-                                        data_bytes=cfg.bus_bytes, ports=7)
+                                        data_bytes=cfg.bus_bytes, ports=8)
         self._engine = engine = GemmEngine(rows=cfg.pe_rows, cols=cfg.pe_cols,
                                            lanes=cfg.pe_lanes, data_bytes=cfg.bus_bytes,
                                            addr_width=probe.addr_width)
@@ -47,6 +48,7 @@ class GemmHarness(wiring.Component):
         wiring.connect(m, wiring.flipped(self.host), sram.ports[4])
         wiring.connect(m, wiring.flipped(self.load), sram.ports[5])
         wiring.connect(m, wiring.flipped(self.store), sram.ports[6])
+        wiring.connect(m, engine.d_rd, sram.ports[7])
         m.d.comb += [
             self.step.eq(engine.step),
             self.engine_stall.eq(
@@ -59,7 +61,8 @@ class GemmHarness(wiring.Component):
 
 
 @pytest.mark.rtl
-@pytest.mark.parametrize("testcase", ["random_gemm_blocks", "steady_state_banks"])
+@pytest.mark.parametrize("testcase", ["random_gemm_blocks", "steady_state_banks",
+                                      "k_split_accumulate"])
 @pytest.mark.parametrize("preset", ["tiny", "default"])
 def test_gemm_engine(preset, testcase):
     cfg = get_preset(preset)

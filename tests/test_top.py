@@ -115,7 +115,7 @@ class PlanModel:
         a_addr, b_addr = a[0] & 0xFFFF, a[0] >> 16
         c_addr, p_addr = a[1] & 0xFFFF, a[1] >> 16
         steps, mt, nt = a[2] & 0xFFFF, (a[2] >> 16) & 0xFF, a[2] >> 24
-        raw = a[3] & 1
+        raw, acc_in = a[3] & 1, (a[3] >> 1) & 1
         self._touch(cmd, set(range(a_addr, a_addr + mt * steps)), "r")
         self._touch(cmd, set(range(b_addr, b_addr + nt * steps)), "r")
         self._touch(cmd, set(range(p_addr, p_addr + 3 * nt)), "r")
@@ -127,8 +127,14 @@ class PlanModel:
         acc = ref_matmul(np.ascontiguousarray(A), np.ascontiguousarray(B))
         assert raw, "the plan model checks raw outputs only"
         p = self.sram[p_addr:p_addr + 3 * nt]
-        bias = np.concatenate([p[3 * j, :4 * C].view("<i4") for j in range(nt)])
-        out = ref_bias_add(acc, bias.astype(np.int64))
+        if acc_in:     # a later K chunk: add the partial sums in C instead of the bias
+            part = self.sram[c_addr:c_addr + mt * nt * R, :4 * C].view("<i4")
+            part = part.reshape(mt, nt, R, C).transpose(0, 2, 1, 3).reshape(mt * R, nt * C)
+            out = acc.astype(np.int64) + part.astype(np.int64)
+            out = ((out + 2**31) % 2**32 - 2**31).astype(np.int32)
+        else:
+            bias = np.concatenate([p[3 * j, :4 * C].view("<i4") for j in range(nt)])
+            out = ref_bias_add(acc, bias.astype(np.int64))
         rows = out.reshape(mt, R, nt, C).transpose(0, 2, 1, 3).reshape(-1, C)
         self.sram[c_addr:c_addr + len(rows), :4 * C] = \
             np.ascontiguousarray(rows.astype("<i4")).view(np.uint8)
@@ -143,7 +149,10 @@ class PlanModel:
                 if self.queues[q] and len(self.flight[q]) < self.inflight:
                     f = H.decode_command(self.queues[q][0].words)
                     waits = [w for w in (f["wait"], f["wait2"]) if w != H.SEM_NONE]
-                    if all(self.sems[w] for w in waits):
+                    # The GEMM engine starts an `acc` command only once the earlier ones have
+                    # written their results (hw/gemm.py).
+                    ordered = not (q == 2 and (f["args"][3] >> 1) & 1 and self.flight[2])
+                    if ordered and all(self.sems[w] for w in waits):
                         moves.append(("issue", q))
                 if self.flight[q]:
                     moves.append(("done", q))
@@ -170,15 +179,16 @@ class PlanModel:
 
 @pytest.mark.parametrize("preset", ["tiny", "default"])
 def test_plan_is_race_free(preset):
-    """Plans of many shapes (both loop orders, edge blocks, K filling a bank), executed in random
-    legal orders, never race on a scratchpad buffer, never deadlock, and leave exactly C (and
-    nothing else) written in DRAM."""
+    """Plans of many shapes (both loop orders, edge blocks, K filling a bank, K split into
+    chunks), executed in random legal orders, never race on a scratchpad buffer, never deadlock,
+    and leave exactly C (and nothing else) written in DRAM."""
     cfg = get_preset(preset)
     R, C, L, d, W = cfg.pe_rows, cfg.pe_cols, cfg.pe_lanes, cfg.sram_depth, cfg.bus_bytes
     rng = np.random.default_rng(1)
     shapes = [(1, 1, 1), (R + 1, L + 1, C + 1), (23 * R + 1, 9 * L + 2, 12 * C - 1),
               (R + 1, 9 * L + 1, 40 * C + 1), (3 * R, (d - 1) * L + 1, 2 * C),
-              (40 * R, 1, 3 * C)]
+              (40 * R, 1, 3 * C), (R + 1, 3 * d * L + 5, 2 * C + 1), (5 * R, d * L + 1, 7 * C),
+              (1, 2 * d * L, 1)]
     inners = set()
     for M, K, N in shapes:
         a = rng.integers(-128, 128, (M, K), np.int8)
@@ -202,7 +212,7 @@ def test_plan_is_race_free(preset):
             bad = np.flatnonzero(dram != expected)
             assert not len(bad), f"{(M, K, N)}: DRAM differs at {len(bad)} bytes"
         assert plan.array_steps == plan.m_tiles * plan.n_tiles * plan.steps
-    assert inners == {"a", "b"}
+    assert inners == {"a", "b", "ab"}
 
 
 def _gemm_without_wait(plan):
@@ -241,9 +251,28 @@ def test_plan_model_catches_a_race(mutation):
 def test_plan_commands_and_limits():
     cfg = get_preset("tiny")
     R, L, W, d = cfg.pe_rows, cfg.pe_lanes, cfg.bus_bytes, cfg.sram_depth
-    with pytest.raises(ValueError, match=f"K = {d * L + 1} needs"):
-        H.plan_gemm(cfg, 4, d * L + 1, 4, a_addr=0, b_addr=0, p_addr=0, c_addr=0, raw=True)
-    H.plan_gemm(cfg, 4, d * L, 4, a_addr=0, b_addr=0, p_addr=0, c_addr=0, raw=True)
+    assert H.plan_gemm(cfg, 4, d * L, 4, a_addr=0, b_addr=0, p_addr=0, c_addr=0,
+                       raw=True).k_chunks == 1
+    # K beyond a bank: chunks of at most d/4 steps, covering K exactly; the first adds the bias,
+    # the later ones accumulate; only the last requantises and signals the stores.
+    for K in (d * L + 1, 5 * d * L + 7):
+        plan = H.plan_gemm(cfg, 3 * R, K, 5, a_addr=0, b_addr=0, p_addr=0, c_addr=0, raw=False,
+                           zero_point=-3)
+        S, kc = -(-K // L), plan.k_chunks
+        gemms = [H.decode_command(c.words) for c in plan.commands if c.queue == 2]
+        assert kc > 1 and len(gemms) == kc * plan.m_blocks * plan.n_blocks
+        for block in range(len(gemms) // kc):
+            chunk = gemms[block * kc:(block + 1) * kc]
+            steps = [g["args"][2] & 0xFFFF for g in chunk]
+            assert sum(steps) == S and max(steps) <= d // 4, steps
+            assert [(g["args"][3] & 3) for g in chunk] == [1] + [3] * (kc - 2) + [2]
+            assert all((g["args"][3] >> 8) & 0xFF == 0xFD for g in chunk)
+            assert [(g["wait2"], g["signal2"]) for g in chunk] == \
+                [(H.SEM_C_FREE, H.SEM_NONE)] + [(H.SEM_NONE, H.SEM_NONE)] * (kc - 2) + \
+                [(H.SEM_NONE, H.SEM_C_READY)]
+    with pytest.raises(ValueError, match="at most 65535"):
+        H.plan_gemm(cfg, 4, 65536 * (d // 4) * L + 1, 4, a_addr=0, b_addr=0, p_addr=0,
+                    c_addr=0, raw=True)
     with pytest.raises(ValueError, match="M must be a positive integer"):
         H.plan_gemm(cfg, 0, 4, 4, a_addr=0, b_addr=0, p_addr=0, c_addr=0, raw=True)
     with pytest.raises(ValueError, match="8 scratchpad banks"):
@@ -259,9 +288,10 @@ def test_plan_commands_and_limits():
     ids = [c.id for c in plan.commands]
     assert ids == list(range(7, 7 + len(ids)))
     # Block limits: every block fits a bank, and the GEMM fields.
-    for M, K, N in itertools.product((1, 7, 300), (1, 50, d * L), (1, 9, 400)):
+    for M, K, N in itertools.product((1, 7, 300), (1, 50, d * L, 3 * d * L), (1, 9, 400)):
         p = H.plan_gemm(cfg, M, K, N, a_addr=0, b_addr=0, p_addr=0, c_addr=0, raw=True)
-        assert p.mb * p.steps <= d and p.nb * p.steps <= d and 3 * p.nb <= d
+        chunk = -(-p.steps // p.k_chunks)
+        assert p.mb * chunk <= d and p.nb * chunk <= d and 3 * p.nb <= d
         assert p.mb * p.nb * R <= d and p.mb <= 255 and p.nb <= 255
         assert p.m_blocks * p.mb >= p.m_tiles and p.n_blocks * p.nb >= p.n_tiles
     w = H.command_words(3, 0xABCD, [1, 2, 3, 4, 5, 6], wait=1, signal=2, wait2=3, signal2=4)
