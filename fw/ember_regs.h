@@ -48,9 +48,11 @@
 #define EMBER_Q_COMPLETED0 0x0c0u
 #define EMBER_Q_COMPLETED1 0x0c4u
 #define EMBER_Q_COMPLETED2 0x0c8u
+#define EMBER_Q_COMPLETED3 0x0ccu
 #define EMBER_Q_PENDING0 0x0d0u
 #define EMBER_Q_PENDING1 0x0d4u
 #define EMBER_Q_PENDING2 0x0d8u
+#define EMBER_Q_PENDING3 0x0dcu
 #define EMBER_ARG0 0x180u
 #define EMBER_ARG1 0x184u
 #define EMBER_ARG2 0x188u
@@ -74,16 +76,21 @@
 #define EMBER_PERF_BUSY0 0x110u
 #define EMBER_PERF_BUSY1 0x114u
 #define EMBER_PERF_BUSY2 0x118u
+#define EMBER_PERF_BUSY3 0x11cu
 #define EMBER_PERF_WAIT0 0x120u
 #define EMBER_PERF_WAIT1 0x124u
 #define EMBER_PERF_WAIT2 0x128u
+#define EMBER_PERF_WAIT3 0x12cu
 #define EMBER_PERF_DMA_RD_BEATS 0x130u
 #define EMBER_PERF_DMA_WR_BEATS 0x134u
 #define EMBER_PERF_GEMM_STALL 0x138u
+#define EMBER_EMBAG_ERR_BAG 0x140u
+#define EMBER_EMBAG_ERR_POS 0x144u
 
 #define EMBER_OP_LOAD 1u
 #define EMBER_OP_STORE 2u
 #define EMBER_OP_GEMM 3u
+#define EMBER_OP_EMBAG 4u
 
 #define EMBER_REG(off) (*(volatile unsigned int *)(EMBER_MMIO_BASE + (off)))
 

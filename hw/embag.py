@@ -17,6 +17,17 @@ Sums wrap in int32 (two's complement). An empty bag gives zeros. ``dim`` is any 
 per table: ``out_stride`` is the output row pitch and ``out_addr`` the table's column offset, so
 the tables' pooled vectors land side by side in the same rows.
 
+With ``requant`` the INT32 vectors (after the mean's division) go through the GEMM's output
+stage (``hw/requant.py``: TFLite requantisation, bit-exact) with the command's scalar
+``multiplier``, ``shift``, ``zero_point``, ``act_min`` and ``act_max`` for every lane and no
+bias, and the output is ``dim`` INT8 bytes per bag (``out_addr``/``out_stride`` then in any
+byte alignment).
+
+A bag longer than the lists a command can hold continues across commands: with ``cont_out`` the
+command's last bag is left open (not written; its partial sums stay in the accumulators), and
+the next command, with ``cont_in``, continues it as its bag 0 (its mean divides by the whole
+length). Nothing else may run in the engine between the two.
+
 Command (``cmd``, :attr:`EmbeddingBagEngine.cmd_layout`, least significant field first)
 ---------------------------------------------------------------------------------------
 ==============  ====================  =============================================================
@@ -33,23 +44,33 @@ field           width                 meaning
 ``dim``         16                    bytes per row = INT32 lanes per output, 1..``max_dim``
 ``bags``        32                    number of bags (0 is a valid, empty job)
 ``mode``        2                     0 sum, 1 mean, 2 weighted sum
+``requant``     1                     1: INT8 output through the output stage
+``multiplier``  32                    INT32 quantised multiplier (requant)
+``shift``       6                     signed shift, ``[-31, 31]``, positive left (requant)
+``zero_point``  8                     INT8 output zero point (requant)
+``act_min``     8                     INT8 clamp, lower bound (requant)
+``act_max``     8                     INT8 clamp, upper bound (requant)
+``cont_in``     1                     bag 0 continues the bag the previous command left open
+``cont_out``    1                     the last bag is left open for the next command
 ``tag``         ``tag_width``         returned in the completion
 ==============  ====================  =============================================================
 
 (``SB = sram_addr_width + log2(data_bytes)``.) The lists are packed little-endian from their
 first word: index/length ``j`` is bytes ``4j..4j+3``, weight ``j`` is byte ``j``. They are put in
 the scratchpad beforehand by ordinary DMA loads. Bag ``b``'s output is ``dim`` INT32 values at
-bytes ``out_addr + b·out_stride + 4·d``; nothing else in the scratchpad is written except the
-staging ring.
+bytes ``out_addr + b·out_stride + 4·d`` (INT8 values at ``out_addr + b·out_stride + d`` with
+``requant``); nothing else in the scratchpad is written except the staging ring.
 
 Completion (``done``): ``{tag, error}``; the error codes are
 
 - 0 ``ERR_OK``;
 - 1 ``ERR_INDEX``: an index outside ``[0, rows)``; ``error_bag``/``error_pos`` name its bag and
   its position in the bag. It is refused before any descriptor is made for it;
-- 2 ``ERR_LENGTH``: a negative length (``error_bag`` is that bag, ``error_pos`` 0);
-- 3 ``ERR_MALFORMED``: ``dim`` is 0 or above ``max_dim``, ``mode`` is 3, or ``out_addr`` or
-  ``out_stride`` is not a multiple of 4;
+- 2 ``ERR_LENGTH``: a negative length, or a zero length for a continued piece (bag 0 with
+  ``cont_in``, the last bag with ``cont_out``) (``error_bag`` is that bag, ``error_pos`` 0);
+- 3 ``ERR_MALFORMED``: ``dim`` is 0 or above ``max_dim``, ``mode`` is 3, ``out_addr`` or
+  ``out_stride`` is not a multiple of 4 (INT32 output), ``cont_in`` or ``cont_out`` with
+  ``bags`` 0, or ``cont_in`` when the previous command left no bag open;
 - 4 ``ERR_RANGE``: the output area runs past the end of the scratchpad;
 - 5 ``ERR_CANCELLED``: ``cancel`` was raised while the job ran; ``error_bag`` is the first bag
   not written (and ``error_pos`` the rows of it already pooled);
@@ -61,7 +82,8 @@ row (or where ``cancel`` found it): every bag before the failing one is written,
 and everything after it are not, no descriptor is made after an index or length error, and the
 job completes once every gather it issued has completed, so the next job starts clean.
 ``error_code``, ``error_bag``, ``error_pos`` hold the last failing job's values (sticky until the
-next error).
+next error). A bag left open is kept only by a successful ``cont_out`` command and is dropped by
+the next command whatever it is.
 
 Structure
 ---------
@@ -90,10 +112,12 @@ Pooler
     buffers, so one bag is written out while the next accumulates.
 Drain and writer
     Reads a finished buffer as INT32 words of ``W/4`` lanes, divides them in mean mode (an
-    iterative divider of ``div_steps`` quotient bits per cycle on ``W/4`` lanes at once), and
-    realigns them to the output address with the DMA's byte realigner (``out_addr`` and
-    ``out_stride`` need only be multiples of 4, so TBE columns pack densely); partial words are
-    written with byte masks (``out_wr``).
+    iterative divider of ``div_steps`` quotient bits per cycle on ``W/4`` lanes at once),
+    requantises them with ``requant`` (a ``Requant`` of ``W/4`` lanes; four results, or the
+    last ones of a row, are packed into one word), and realigns them to the output address with
+    the DMA's byte realigner (``out_addr`` and ``out_stride`` need only be multiples of 4, or
+    of 1 for INT8, so TBE columns pack densely); partial words are written with byte masks
+    (``out_wr``).
 
 Why the ring alternates halves, and ``dma_wr``
     Every gathered word is written into the ring by the DMA and read back by the pooler, and a
@@ -117,10 +141,8 @@ bytes per cycle from command to completion): dim 64 at latency 0: 0.98 (``tiny``
 bound for one-beat rows), and dim 256 on ``default`` 0.93. One job runs at a time; the next is
 accepted when the previous has completed.
 
-Requantisation of the pooled vectors (INT32 → INT8, ``hw/requant.py``) is not included. It would
-sit between the divider and the realigner: ``Requant`` takes ``cols`` INT32 lanes per beat with
-per-column parameters, so a ``W/4``-lane instance fed with per-table (broadcast) parameters would
-turn each source word into ``W/4`` bytes, and the realigner would then pack ``dim`` bytes per bag.
+In the top level (``hw/top.py``) the command processor's queue 3 feeds the engine through
+:class:`EmbagCommands`, which builds engine commands from TABLE and POOL queue commands.
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal, signed
@@ -129,12 +151,13 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .dma import DMA, _Realigner
+from .requant import Requant
 from .sram import Scratchpad, sram_port_signature
 
 __all__ = [
     "EmbeddingBagEngine", "GatherArbiter", "embag_params", "MODE_SUM", "MODE_MEAN",
     "MODE_WEIGHTED", "ERR_OK", "ERR_INDEX", "ERR_LENGTH", "ERR_MALFORMED", "ERR_RANGE",
-    "ERR_CANCELLED", "ERR_GATHER", "ERR_WIDTH",
+    "ERR_CANCELLED", "ERR_GATHER", "ERR_WIDTH", "EmbagCommands", "KIND_POOL", "KIND_TABLE",
 ]
 
 MODE_SUM, MODE_MEAN, MODE_WEIGHTED = 0, 1, 2
@@ -415,6 +438,9 @@ class _Core(wiring.Component):
             "err_bag": Out(32),
             "err_pos": Out(32),
             "quiet": Out(1),
+            # A bag left open by the previous job (``cont_in``), and the one this job leaves open.
+            "carry_in": In(data.StructLayout({"buf": 1, "cnt": 32})),
+            "carry_out": Out(data.StructLayout({"buf": 1, "cnt": 32})),
         })
 
     # Ring pointers: (offset in the half, half, lap). Slots alternate halves; within a half they
@@ -562,7 +588,9 @@ class _Core(wiring.Component):
                     with m.If(meta.w_rdy):
                         m.d.sync += iss_run.eq(0)
                 with m.Elif(len_r.o.valid):
-                    with m.If(length < 0):
+                    open_piece = ((bag == 0) & job.cont_in) | \
+                        ((bag == (job.bags - 1)[:32]) & job.cont_out)
+                    with m.If((length < 0) | ((length == 0) & open_piece)):
                         m.d.comb += [meta_push.eq(1), meta_in.kind.eq(_M_ERROR),
                                      meta_in.code.eq(ERR_LENGTH)]
                         with m.If(meta.w_rdy):
@@ -588,8 +616,9 @@ class _Core(wiring.Component):
                         meta_push.eq(1),
                         meta_in.kind.eq(_M_GATHER),
                         meta_in.weight.eq(Mux(mode_w, wgt_r.o.payload, 1)),
-                        meta_in.first.eq(pos == 0),
-                        meta_in.last.eq(last_row),
+                        meta_in.first.eq((pos == 0) & ~(job.cont_in & (bag == 0))),
+                        meta_in.last.eq(last_row & ~(job.cont_out
+                                                     & (bag == (job.bags - 1)[:32]))),
                     ]
                     with m.If(meta.w_rdy):
                         m.d.comb += [idx_r.o.ready.eq(1), wgt_r.o.ready.eq(mode_w)]
@@ -713,6 +742,13 @@ class _Core(wiring.Component):
         with m.If(self.slot_rd.req.valid & self.slot_rd.req.ready & starting):
             m.d.comb += take.bit_select(next_buf, 1).eq(1)
         m.d.sync += busy.eq((busy | take) & ~free_buf)
+        # A bag continued from the previous job: its buffer (still holding the partial sums; the
+        # accumulator memory is not reset) and its rows so far.
+        with m.If(self.start & job.cont_in):
+            m.d.sync += [cur_buf.eq(self.carry_in.buf), next_buf.eq(~self.carry_in.buf),
+                         busy.eq(Mux(self.carry_in.buf, 0b10, 0b01)),
+                         cnt.eq(self.carry_in.cnt)]
+        m.d.comb += [self.carry_out.buf.eq(cur_buf), self.carry_out.cnt.eq(cnt)]
 
         # Tokens travel with the scratchpad read: READ_LATENCY stages, then A (products,
         # accumulator read) and B (accumulate, write; drain requests).
@@ -751,12 +787,13 @@ class _Core(wiring.Component):
         m.d.sync += reserved.eq(reserved + pushes - b_push)
 
         # ---------------------------------------------------------------------------------
-        # Drain: accumulator words (W/4 INT32 lanes each) → [divider] → realigner → out_wr.
+        # Drain: accumulator words (W/4 INT32 lanes each) → [divider] → [requantisation and
+        # packing of four words' INT8 results into one] → realigner → out_wr.
         realign = m.submodules.realign = _Realigner(
             data_bytes=D, max_beats=max_nsrc + 1, word_width=AW, tag_width=1)
         m.submodules.out_rows = rows_q = fifo.SyncFIFOBuffered(
             width=realign.row_layout.size, depth=_ROWS_DEPTH)
-        src_layout = data.StructLayout({"data": 8 * D, "count": 32})
+        src_layout = data.StructLayout({"data": 8 * D, "count": 32, "last": 1})
         m.submodules.src = src_q = fifo.SyncFIFOBuffered(width=src_layout.size,
                                                          depth=_SRC_DEPTH)
         m.submodules.divider = div = _MeanDivider(lanes=D // 4, steps=p["div_steps"])
@@ -769,16 +806,17 @@ class _Core(wiring.Component):
         pend_q = Signal(2)
         pend_zero = Signal()
         pend_count = Signal(32)
+        pend_last = Signal()
         rows_inflight = Signal(range(_ROWS_DEPTH + 3))
         with m.If(self.start):
             m.d.sync += dst.eq(job.out_addr)
 
         nbytes = Signal(range(4 * p["max_dim"] + 1))
-        m.d.comb += nbytes.eq(job.dim << 2)
+        m.d.comb += nbytes.eq(Mux(job.requant, job.dim, job.dim << 2))
         do = dst[:k]
         row = Signal(realign.row_layout)
         m.d.comb += [
-            row.s.eq(do), row.d.eq(0), row.nin.eq(job.nsrc),
+            row.s.eq(do), row.d.eq(0), row.nin.eq(Mux(job.requant, job.w, job.nsrc)),
             row.steps.eq((do + nbytes + (D - 1)) >> k),
             row.lo.eq(do), row.hi.eq((do + nbytes - 1)[:k]),
             row.word.eq(dst[k:]), row.desc_last.eq(1), row.tag.eq(0), row.err.eq(0),
@@ -796,7 +834,8 @@ class _Core(wiring.Component):
                 with m.If((row_pushed | rows_q.w_rdy) & src_credit):
                     m.d.comb += row_push.eq(~row_pushed)
                     m.d.sync += [pend.eq(1), pend_q.eq(sw[:2]),
-                                 pend_zero.eq(dh.kind == _K_EMPTY), pend_count.eq(dh.count)]
+                                 pend_zero.eq(dh.kind == _K_EMPTY), pend_count.eq(dh.count),
+                                 pend_last.eq(sw == job.nsrc - 1)]
                     with m.If(sw == job.nsrc - 1):
                         m.d.comb += dq.r_en.eq(1)
                         m.d.sync += [sw.eq(0), row_pushed.eq(0), dst.eq(dst + job.out_stride)]
@@ -810,6 +849,7 @@ class _Core(wiring.Component):
         m.d.comb += [
             src_in.data.eq(Mux(pend_zero, 0, acc_drain.data.word_select(pend_q, 8 * D))),
             src_in.count.eq(pend_count),
+            src_in.last.eq(pend_last),
             src_q.w_data.eq(src_in), src_q.w_en.eq(pend),
         ]
         m.d.comb += [
@@ -820,17 +860,66 @@ class _Core(wiring.Component):
         ]
 
         sh = data.View(src_layout, src_q.r_data)
+        # `post`: the source words after the optional divider, each with `last` (of its row).
+        # The divider holds one word at a time, so the `last` of the word inside it is a register.
+        post_valid, post_ready, post_last = Signal(), Signal(), Signal()
+        post_data = Signal(8 * D)
+        div_last = Signal()
+        with m.If(div.i.valid & div.i.ready):
+            m.d.sync += div_last.eq(sh.last)
         with m.If(job.mode == MODE_MEAN):
             m.d.comb += [
                 div.i.valid.eq(src_q.r_rdy), div.i.payload.data.eq(sh.data),
                 div.i.payload.count.eq(sh.count), src_q.r_en.eq(div.i.ready),
-                realign.i.valid.eq(div.o.valid), realign.i.payload.data.eq(div.o.payload),
-                div.o.ready.eq(realign.i.ready),
+                post_valid.eq(div.o.valid), post_data.eq(div.o.payload),
+                post_last.eq(div_last), div.o.ready.eq(post_ready),
             ]
         with m.Else():
             m.d.comb += [
-                realign.i.valid.eq(src_q.r_rdy), realign.i.payload.data.eq(sh.data),
-                src_q.r_en.eq(realign.i.ready),
+                post_valid.eq(src_q.r_rdy), post_data.eq(sh.data), post_last.eq(sh.last),
+                src_q.r_en.eq(post_ready),
+            ]
+
+        # Requantisation (INT8 output): the GEMM's output stage on W/4 lanes, with the job's
+        # parameters broadcast to every lane (no bias). Each source word gives W/4 bytes; four of
+        # them (or fewer at the end of a row) are packed into one word for the realigner.
+        Q = D // 4
+        m.submodules.requant = rq = Requant(cols=Q)
+        for c in range(Q):
+            m.d.comb += [rq.params.bias[c].eq(0), rq.params.multiplier[c].eq(job.multiplier),
+                         rq.params.shift[c].eq(job.shift)]
+        m.d.comb += [
+            rq.params.zero_point.eq(job.zero_point), rq.params.act_min.eq(job.act_min),
+            rq.params.act_max.eq(job.act_max), rq.params.raw.eq(0),
+            rq.i.payload.data.eq(post_data), rq.i.payload.last.eq(post_last),
+        ]
+        pk_asm = Signal(8 * D)        # the word being assembled
+        pk_q = Signal(2)              # next quarter
+        pk_full = Signal()
+        pk_word = Signal(8 * D)       # the packed word offered to the realigner
+        merged = Signal(8 * D)
+        incoming = Cat(rq.o.payload.data[c][:8] for c in range(Q))
+        for qq in range(4):
+            m.d.comb += merged.word_select(qq, 2 * D).eq(
+                Mux(pk_q == qq, incoming, pk_asm.word_select(qq, 2 * D)))
+        pk_take = rq.o.valid & rq.o.ready
+        pk_complete = rq.o.payload.last | (pk_q == 3)
+        with m.If(realign.i.valid & realign.i.ready):
+            m.d.sync += pk_full.eq(0)
+        with m.If(pk_take):
+            m.d.sync += [pk_asm.eq(merged), pk_q.eq(Mux(pk_complete, 0, pk_q + 1))]
+            with m.If(pk_complete):
+                m.d.sync += [pk_full.eq(1), pk_word.eq(merged)]
+        with m.If(job.requant):
+            m.d.comb += [
+                rq.i.valid.eq(post_valid), post_ready.eq(rq.i.ready),
+                rq.o.ready.eq(~pk_full | realign.i.ready),
+                realign.i.valid.eq(pk_full), realign.i.payload.data.eq(pk_word),
+            ]
+        with m.Else():
+            m.d.comb += [
+                realign.i.valid.eq(post_valid), realign.i.payload.data.eq(post_data),
+                post_ready.eq(realign.i.ready),
             ]
         m.d.comb += [
             realign.rows.valid.eq(rows_q.r_rdy),
@@ -929,7 +1018,9 @@ class EmbeddingBagEngine(wiring.Component):
             "idx_addr": sram_addr_width, "len_addr": sram_addr_width,
             "wgt_addr": sram_addr_width, "out_addr": SB, "out_stride": SB,
             "table_addr": addr_width, "rows": 32, "row_stride": addr_width, "dim": 16,
-            "bags": 32, "mode": 2, "tag": tag_width,
+            "bags": 32, "mode": 2, "requant": 1, "multiplier": 32, "shift": 6,
+            "zero_point": 8, "act_min": 8, "act_max": 8, "cont_in": 1, "cont_out": 1,
+            "tag": tag_width,
         })
         self.done_layout = data.StructLayout({"tag": tag_width, "error": ERR_WIDTH})
         max_w = -(-max_dim // data_bytes)
@@ -969,6 +1060,10 @@ class EmbeddingBagEngine(wiring.Component):
             wiring.connect(m, getattr(core, name), wiring.flipped(getattr(self, name)))
         wiring.connect(m, wiring.flipped(self.gather_done), core.gather_done)
         wiring.connect(m, wiring.flipped(self.dma_wr), core.dma_wr)
+        # The bag left open by the last job (``cont_out``), for the next job's ``cont_in``.
+        carry_valid = Signal()
+        carry = Signal.like(core.carry_out)
+        m.d.comb += core.carry_in.eq(carry)
 
         job = Signal(self._job_layout)
         tag = Signal(p["tag_width"])
@@ -985,9 +1080,12 @@ class EmbeddingBagEngine(wiring.Component):
 
         cmd = self.cmd.payload
         malformed = ((job.dim == 0) | (job.dim > p["max_dim"]) | (job.mode == 3)
-                     | (job.out_addr[:2] != 0) | (job.out_stride[:2] != 0))
+                     | (~job.requant & ((job.out_addr[:2] != 0) | (job.out_stride[:2] != 0)))
+                     | ((job.cont_in | job.cont_out) & (job.bags == 0))
+                     | (job.cont_in & ~carry_valid))
         out_range = (job.bags != 0) & (
-            job.out_addr + span + (job.dim << 2) > p["sram_words"] * D)
+            job.out_addr + span + Mux(job.requant, job.dim, job.dim << 2)
+            > p["sram_words"] * D)
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
@@ -1012,10 +1110,11 @@ class EmbeddingBagEngine(wiring.Component):
                 with m.If(self.cancel):         # held until the job completes
                     m.d.sync += cancelling.eq(1)
                 with m.If(malformed):
-                    m.d.sync += [code.eq(ERR_MALFORMED), ebag.eq(0), epos.eq(0)]
+                    m.d.sync += [code.eq(ERR_MALFORMED), ebag.eq(0), epos.eq(0),
+                                 carry_valid.eq(0)]
                     m.next = "FINISH"
                 with m.Elif(out_range):
-                    m.d.sync += [code.eq(ERR_RANGE), ebag.eq(0), epos.eq(0)]
+                    m.d.sync += [code.eq(ERR_RANGE), ebag.eq(0), epos.eq(0), carry_valid.eq(0)]
                     m.next = "FINISH"
                 with m.Else():
                     m.d.comb += core.start.eq(1)
@@ -1031,7 +1130,8 @@ class EmbeddingBagEngine(wiring.Component):
                 with m.If(core.quiet):
                     # The core restarts from reset: it must not see this job's cancel again.
                     m.d.comb += clear.eq(1)
-                    m.d.sync += cancelling.eq(0)
+                    m.d.sync += [cancelling.eq(0), carry.eq(core.carry_out),
+                                 carry_valid.eq(job.cont_out & (code == ERR_OK))]
                     m.next = "FINISH"
             with m.State("FINISH"):
                 with m.If(~done_full | self.done.ready):
@@ -1043,4 +1143,128 @@ class EmbeddingBagEngine(wiring.Component):
                     m.next = "IDLE"
 
         m.d.comb += self.busy.eq(~self.cmd.ready | done_full)
+        return m
+
+
+# ---------------------------------------------------------------------------------------------
+# The command processor's view: TABLE and POOL commands (hw/top.py, queue 3)
+
+KIND_POOL, KIND_TABLE = 0, 1
+
+
+class EmbagCommands(wiring.Component):
+    """Decodes the command processor's embedding-bag commands into engine commands.
+
+    A queue command has six 32-bit argument words, too few for a whole engine command, so a job
+    is split in two kinds of command (bit 31 of argument word 3 says which):
+
+    - **TABLE** (``a3[31] = 1``): ``a0`` table_addr, ``a1`` rows, ``a2`` row_stride,
+      ``a3`` ``dim[15:0] | requant << 16``, ``a4`` multiplier (INT32), ``a5``
+      ``shift[7:0] | zero_point << 8 | act_min << 16 | act_max << 24`` (INT8 fields). It only
+      sets the table registers used by the POOL commands that follow, and completes at once.
+      It is taken only when the engine is idle with no completion pending, so its completion
+      keeps the queue's order and a job in the engine never sees the registers change.
+    - **POOL** (``a3[31] = 0``): ``a0`` ``idx_addr | len_addr << 16`` (scratchpad word
+      addresses), ``a1`` ``wgt_addr | mode << 16 | cont_in << 18 | cont_out << 19``,
+      ``a2`` out_addr (scratchpad bytes), ``a3`` out_stride (bytes, bits 30:0), ``a4`` bags,
+      ``a5`` 0 (reserved). One engine command with the current table registers.
+
+    A field wider than the engine's (a scratchpad address beyond the scratchpad, a shift outside
+    ``[-31, 31]``) makes the POOL command malformed (engine error 3) instead of wrapping; so does
+    a POOL command with no TABLE command since the last ``clear``.
+
+    ``clear`` (the soft reset) forgets the table registers and a pending TABLE completion. The
+    engine is not reset (see :attr:`EmbeddingBagEngine.cancel`): completions of POOL commands it
+    took before ``clear`` are swallowed here, so that they are not taken for completions of
+    commands issued after it.
+    """
+
+    def __init__(self, *, engine):
+        from .cmdproc import cmd_layout, done_layout
+        self._engine_cmd = engine.cmd_layout
+        self._engine_done = engine.done_layout
+        self.p = engine.p
+        super().__init__({
+            "cmd": In(stream.Signature(cmd_layout)),
+            "done": Out(stream.Signature(done_layout)),
+            "eng_cmd": Out(stream.Signature(engine.cmd_layout)),
+            "eng_done": In(stream.Signature(engine.done_layout)),
+            "eng_busy": In(1),
+            "clear": In(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self.p
+        AW = p["sram_addr_width"]
+        SB = AW + p["data_bytes"].bit_length() - 1
+        args = self.cmd.payload.args
+        cid = self.cmd.payload.header.id
+        is_table = args[3][31]
+
+        # Table registers.
+        t_addr, t_rows, t_stride = Signal(32), Signal(32), Signal(32)
+        t_dim = Signal(16)
+        t_requant = Signal()
+        t_mult = Signal(32)
+        t_scalars = Signal(32)
+        t_bad = Signal(init=1)          # no TABLE yet, or one with a bad field
+
+        own_full = Signal()
+        own_tag = Signal(16)
+        take_table = self.cmd.valid & is_table & ~self.eng_busy & ~own_full & \
+            ~self.eng_done.valid
+        shift = args[5][:8].as_signed()
+        with m.If(take_table):
+            m.d.sync += [
+                t_addr.eq(args[0]), t_rows.eq(args[1]), t_stride.eq(args[2]),
+                t_dim.eq(args[3][:16]), t_requant.eq(args[3][16]), t_mult.eq(args[4]),
+                t_scalars.eq(args[5]),
+                t_bad.eq((shift < -31) | (shift > 31) | args[3][17:31].any()
+                         | (args[0][p["addr_width"]:].any() if p["addr_width"] < 32 else 0)),
+                own_full.eq(1), own_tag.eq(cid),
+            ]
+        with m.Elif(own_full & self.done.ready):
+            m.d.sync += own_full.eq(0)
+
+        # POOL → engine command.
+        e = self.eng_cmd.payload
+        too_wide = Signal()
+        checks = [(args[0][:16], AW), (args[0][16:], AW), (args[1][:16], AW),
+                  (args[2], SB), (args[3][:31], SB)]
+        m.d.comb += too_wide.eq(Cat(v[w:].any() for v, w in checks if len(v) > w).any()
+                                | args[1][20:].any())
+        m.d.comb += [
+            e.idx_addr.eq(args[0][:16]), e.len_addr.eq(args[0][16:]),
+            e.wgt_addr.eq(args[1][:16]), e.mode.eq(args[1][16:18]),
+            e.cont_in.eq(args[1][18]), e.cont_out.eq(args[1][19]),
+            e.out_addr.eq(args[2]), e.out_stride.eq(args[3][:31]), e.bags.eq(args[4]),
+            e.table_addr.eq(t_addr), e.rows.eq(t_rows), e.row_stride.eq(t_stride),
+            # dim = 0 makes the engine refuse the command as malformed.
+            e.dim.eq(Mux(too_wide | t_bad, 0, t_dim)),
+            e.requant.eq(t_requant), e.multiplier.eq(t_mult), e.shift.eq(t_scalars[:6]),
+            e.zero_point.eq(t_scalars[8:16]), e.act_min.eq(t_scalars[16:24]),
+            e.act_max.eq(t_scalars[24:32]),
+            e.tag.eq(cid),
+            self.eng_cmd.valid.eq(self.cmd.valid & ~is_table & ~own_full),
+            self.cmd.ready.eq(Mux(is_table, take_table, self.eng_cmd.ready & ~own_full)),
+        ]
+
+        # Completions; those of commands taken before `clear` are swallowed.
+        inflight = Signal(8)
+        stale = Signal(8)
+        issued = self.eng_cmd.valid & self.eng_cmd.ready
+        completed = self.eng_done.valid & self.eng_done.ready
+        m.d.sync += inflight.eq(inflight + issued - completed)
+        with m.If(self.clear):
+            m.d.sync += [stale.eq(inflight + issued - completed), own_full.eq(0), t_bad.eq(1),
+                         t_requant.eq(0)]
+        with m.Elif(completed & (stale != 0)):
+            m.d.sync += stale.eq(stale - 1)
+        m.d.comb += [
+            self.done.valid.eq(own_full | (self.eng_done.valid & (stale == 0))),
+            self.done.payload.tag.eq(Mux(own_full, own_tag, self.eng_done.payload.tag)),
+            self.done.payload.error.eq(Mux(own_full, 0, self.eng_done.payload.error)),
+            self.eng_done.ready.eq((self.done.ready & ~own_full) | (stale != 0)),
+        ]
         return m

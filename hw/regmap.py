@@ -31,8 +31,8 @@ HOST_ADDR_WIDTH = 16       # 64 KB host window
 IMEM_WINDOW = 0x8000       # host byte offset of IMEM (up to 32 KB)
 
 # Engine queues of the command processor, in queue order, with their opcodes.
-QUEUE_NAMES = ("load", "store", "gemm")
-OPCODES = {"load": 1, "store": 2, "gemm": 3}
+QUEUE_NAMES = ("load", "store", "gemm", "embag")
+OPCODES = {"load": 1, "store": 2, "gemm": 3, "embag": 4}
 N_QUEUES = len(QUEUE_NAMES)
 
 
@@ -74,7 +74,8 @@ def _regs():
         Reg("ERR_CODE", 0x030, "r", "r",
             "sticky error code (0 none): command processor codes, 0x10+engine code"),
         Reg("ERR_ID", 0x034, "r", "r", "id of the command that faulted"),
-        Reg("ERR_QUEUE", 0x038, "r", "r", "queue of that command (0 load, 1 store, 2 gemm)"),
+        Reg("ERR_QUEUE", 0x038, "r", "r",
+            "queue of that command (0 load, 1 store, 2 gemm, 3 embag)"),
     ]
     regs += [Reg(f"CMD{i}", 0x040 + 4 * i, "rw", "rw", f"command word {i} (staging)")
              for i in range(8)]
@@ -108,6 +109,10 @@ def _regs():
         Reg("PERF_DMA_WR_BEATS", 0x134, "r", "r", "AXI write data beats sent by the DMA"),
         Reg("PERF_GEMM_STALL", 0x138, "r", "r",
             "cycles with a GEMM command in the engine but no array step"),
+        Reg("EMBAG_ERR_BAG", 0x140, "r", "r",
+            "embedding-bag engine: bag (within its command) of the last failing command"),
+        Reg("EMBAG_ERR_POS", 0x144, "r", "r",
+            "embedding-bag engine: position in that bag of the failing index"),
     ]
     return regs
 

@@ -45,6 +45,8 @@ class Registers(wiring.Component):
         Command-processor status: semaphores, counters, error.
     perf_* : In(1)
         Per-cycle events for the performance counters.
+    embag_err_bag, embag_err_pos : In(32)
+        The embedding-bag engine's sticky error bag and position (``EMBAG_ERR_*``).
     irq : Out(1)
         ``|(IRQ_STATUS & IRQ_ENABLE)``.
     """
@@ -74,6 +76,8 @@ class Registers(wiring.Component):
             "perf_gemm_stall": In(1),
             "perf_dma_rd_beat": In(1),
             "perf_dma_wr_beat": In(1),
+            "embag_err_bag": In(32),
+            "embag_err_pos": In(32),
             "irq": Out(1),
         })
 
@@ -121,6 +125,8 @@ class Registers(wiring.Component):
             "PERF_GEMM_STALL": gemm_stall,
             "PERF_DMA_RD_BEATS": rd_beats,
             "PERF_DMA_WR_BEATS": wr_beats,
+            "EMBAG_ERR_BAG": self.embag_err_bag,
+            "EMBAG_ERR_POS": self.embag_err_pos,
         }
         for s in range(N_SEMS):
             readable[f"SEM{s}"] = self.cp_sems[s]

@@ -1,4 +1,5 @@
-"""The Ember top level: host port, control core, command processor, DMA, GEMM engine, scratchpad.
+"""The Ember top level: host port, control core, command processor, DMA, GEMM engine,
+embedding-bag engine, scratchpad.
 
 Ports
 -----
@@ -25,15 +26,31 @@ queue  opcode  engine, and the meaning of argument words 0..5 (header words 2..7
 2      3       GEMM: ``a_addr | b_addr << 16``, ``c_addr | p_addr << 16`` (scratchpad word
                addresses), ``steps | m_tiles << 16 | n_tiles << 24``,
                ``raw | acc << 1 | zero_point << 8 | act_min << 16 | act_max << 24``
+3      4       embedding bags (``hw/embag.py``, :class:`~hw.embag.EmbagCommands`), two kinds
+               told apart by bit 31 of word 3.
+               TABLE (``a3[31] = 1``): table_addr (DRAM bytes), rows, row_stride (bytes),
+               ``dim | requant << 16 | 1 << 31``, multiplier (INT32),
+               ``shift | zero_point << 8 | act_min << 16 | act_max << 24`` (INT8 fields).
+               POOL (``a3[31] = 0``): ``idx_addr | len_addr << 16`` (scratchpad words),
+               ``wgt_addr | mode << 16 | cont_in << 18 | cont_out << 19``,
+               out_addr (scratchpad bytes), out_stride (bytes), bags, 0
 =====  ======  ==========================================================================
 
+The embedding-bag engine's gathers share the DMA's load path with queue 0 through a
+``GatherArbiter`` (the DMA's tags have one more bit, naming the source). Its error bag and
+position are the registers ``EMBAG_ERR_BAG`` and ``EMBAG_ERR_POS``.
+
 Scratchpad ports: 0 DMA write (loads), 1 DMA read (stores), 2 GEMM A, 3 GEMM B, 4 GEMM results,
-5 GEMM parameters, 6 GEMM partial sums.
+5 GEMM parameters, 6 GEMM partial sums, 7 embedding-bag lists, 8 embedding-bag ring reads,
+9 embedding-bag outputs.
 
 ``CTRL.SOFT_RESET`` clears the command processor and resets the GEMM engine and the scratchpad's
 arbiters (the scratchpad keeps its contents). The DMA is not reset, because AXI gives no way to
 abandon transactions in flight. It finishes the descriptors it already holds (they complete in
 order, before anything issued after the reset), and their completions are discarded.
+Nor are the embedding-bag engine and its arbiter reset: ``SOFT_RESET`` cancels the engine's job
+(it stops issuing gathers, waits for those in flight and completes), and ``EmbagCommands``
+discards that completion.
 
 Argument words wider than their descriptor fields (e.g. a scratchpad address beyond the
 scratchpad) make the DMA command malformed (engine error 4) rather than wrapping.
@@ -50,6 +67,7 @@ from .cmdproc import CommandProcessor
 from .config import EmberConfig
 from .cpu import ControlCore, DEFAULT_IMEM_SIZE
 from .dma import DMA
+from .embag import EmbagCommands, EmbeddingBagEngine, GatherArbiter, embag_params
 from .gemm import GemmEngine
 from .regs import Registers
 from .sram import Scratchpad
@@ -100,18 +118,27 @@ class Ember(wiring.Component):
                                              fw_addr_width=len(cpu.mmio.adr))
         m.submodules.cp = cp = CommandProcessor(
             opcodes=[regmap.OPCODES[q] for q in queues], depth=8, inflight=4)
-        sram = Scratchpad(banks=cfg.sram_banks, depth=cfg.sram_depth,
-                          data_bytes=cfg.bus_bytes, ports=7)
+        ep = embag_params(cfg, tag_width=TAG_WIDTH)
+        sram_aw = ep["sram_addr_width"]      # the scratchpad's word-address width
+        # The DMA's tags have one more bit than the command ids: the GatherArbiter's source bit.
         dma = DMA(data_bytes=cfg.bus_bytes, addr_width=cfg.axi_addr_width,
                   id_width=cfg.axi_id_width, outstanding=cfg.dma_outstanding,
-                  max_burst=cfg.dma_max_burst, sram_addr_width=sram.addr_width,
-                  sram_words=cfg.sram_banks * cfg.sram_depth, tag_width=TAG_WIDTH)
+                  max_burst=cfg.dma_max_burst, sram_addr_width=sram_aw,
+                  sram_words=cfg.sram_banks * cfg.sram_depth, tag_width=TAG_WIDTH + 1)
         gemm = GemmEngine(rows=cfg.pe_rows, cols=cfg.pe_cols, lanes=cfg.pe_lanes,
-                          data_bytes=cfg.bus_bytes, addr_width=sram.addr_width,
+                          data_bytes=cfg.bus_bytes, addr_width=sram_aw,
                           tag_width=TAG_WIDTH)
+        embag = EmbeddingBagEngine(**ep)
+        arb = GatherArbiter(addr_width=cfg.axi_addr_width, sram_addr_width=sram_aw,
+                            data_bytes=cfg.bus_bytes, tag_width=TAG_WIDTH)
+        embag_cmds = EmbagCommands(engine=embag)
         m.submodules.dma = dma
-        m.submodules.sram = ResetInserter(regs.soft_reset)(sram)
         m.submodules.gemm = ResetInserter(regs.soft_reset)(gemm)
+        # The embedding-bag engine and the arbiter are not reset: gathers in flight must complete
+        # (SOFT_RESET cancels the engine's job instead; see EmbeddingBagEngine.cancel).
+        m.submodules.embag = embag
+        m.submodules.gather_arbiter = arb
+        m.submodules.embag_cmds = embag_cmds
 
         # Host port → registers; control core ↔ registers.
         wiring.connect(m, wiring.flipped(self.host), bridge.axil)
@@ -145,7 +172,9 @@ class Ember(wiring.Component):
         # The DMA is not reset by SOFT_RESET: what it holds then still completes, and those
         # completions ("stale") are swallowed here instead of reaching the command processor,
         # where they would be taken for completions of commands issued after the reset.
-        for q, (cmd_in, done_out) in enumerate(((dma.load, dma.load_done),
+        # Loads reach the DMA through the GatherArbiter, which shares the load path with the
+        # embedding-bag engine's gathers and returns each completion to its source.
+        for q, (cmd_in, done_out) in enumerate(((arb.load, arb.load_done),
                                                 (dma.store, dma.store_done))):
             eng = cp.engines[q]
             args = eng.cmd.payload.args
@@ -201,9 +230,35 @@ class Ember(wiring.Component):
             eng.done.payload.error.eq(gemm.done.payload.error),
         ]
 
-        # Scratchpad clients.
-        for port, client in enumerate((dma.sram_wr, dma.sram_rd, gemm.a_rd, gemm.b_rd,
-                                       gemm.c_wr, gemm.p_rd, gemm.d_rd)):
+        # Command processor → embedding-bag engine (queue 3), through the TABLE/POOL decoder;
+        # its gathers share the DMA's load path.
+        eng = cp.engines[3]
+        wiring.connect(m, eng.cmd, embag_cmds.cmd)
+        wiring.connect(m, embag_cmds.done, eng.done)
+        wiring.connect(m, embag_cmds.eng_cmd, embag.cmd)
+        wiring.connect(m, embag.done, embag_cmds.eng_done)
+        wiring.connect(m, arb.dma, dma.load)
+        wiring.connect(m, dma.load_done, arb.dma_done)
+        wiring.connect(m, embag.gather, arb.gather)
+        wiring.connect(m, arb.gather_done, embag.gather_done)
+        m.d.comb += [
+            embag_cmds.eng_busy.eq(embag.busy),
+            embag_cmds.clear.eq(regs.soft_reset),
+            embag.cancel.eq(regs.soft_reset),
+            embag.dma_wr.valid.eq(dma.sram_wr.req.valid),
+            embag.dma_wr.addr.eq(dma.sram_wr.req.payload.addr),
+            regs.embag_err_bag.eq(embag.error_bag),
+            regs.embag_err_pos.eq(embag.error_pos),
+        ]
+
+        # Scratchpad clients (ports in this order; new clients go at the end).
+        sram_clients = (dma.sram_wr, dma.sram_rd, gemm.a_rd, gemm.b_rd, gemm.c_wr, gemm.p_rd,
+                        gemm.d_rd, embag.list_rd, embag.slot_rd, embag.out_wr)
+        sram = Scratchpad(banks=cfg.sram_banks, depth=cfg.sram_depth,
+                          data_bytes=cfg.bus_bytes, ports=len(sram_clients))
+        assert sram.addr_width == sram_aw
+        m.submodules.sram = ResetInserter(regs.soft_reset)(sram)
+        for port, client in enumerate(sram_clients):
             wiring.connect(m, client, sram.ports[port])
 
         # DRAM.

@@ -9,6 +9,10 @@ regmap             print the register map (Markdown) or write fw/ember_regs.h (-
 gemm               run one GEMM on the simulated accelerator (``sim.device.Device``), driven by
                    the host (default) or the firmware (--driver firmware); the last line of
                    output is a JSON object (ok, driver, cycles, macs, utilization, ...)
+embedding-bag      run an embedding-bag job (nn.EmbeddingBag / SparseLengthsSum, TBE) on the
+                   simulated accelerator; the last line of output is a JSON object (ok, cycles,
+                   bytes_gathered, bytes_per_cycle, bus_bytes_per_cycle, bandwidth_utilization,
+                   ...)
 """
 
 import argparse
@@ -156,7 +160,7 @@ def cmd_gemm(args):
     scalars = {k: getattr(args, k) for k in ("zero_point", "act_min", "act_max")
                if getattr(args, k) is not None}
     try:
-        dev = Device(cfg, driver=args.driver)
+        dev = Device(cfg, driver=args.driver, dram_latency=args.dram_latency)
         dev.check_gemm_args(a, b, **params, **scalars)
     except (TypeError, ValueError) as e:
         raise SystemExit(f"error: {e}")
@@ -201,6 +205,122 @@ def cmd_gemm(args):
         i, j = bad[0]
         raise SystemExit(f"error: result differs from the golden model at {len(bad)} of "
                          f"{c.size} elements, first at [{i}, {j}]: got {c[i, j]}, expected "
+                         f"{golden[i, j]}")
+
+
+def _embag_inputs(args):
+    """``(table, indices, offsets, weights, generated)`` from .npy files or generated from
+    --rows/--dim/--bags/--pooling/--seed/--distribution."""
+    import numpy as np
+    files = any(getattr(args, k) is not None for k in ("table", "indices", "offsets"))
+    gen = {k: getattr(args, k) for k in ("rows", "dim", "bags", "pooling")}
+    if files and any(v is not None for v in gen.values()):
+        raise SystemExit("error: give either --table, --indices and --offsets, or --rows, "
+                         "--dim, --bags and --pooling, not both")
+    if files:
+        missing = [f"--{k}" for k in ("table", "indices", "offsets") if getattr(args, k) is None]
+        if missing:
+            raise SystemExit(f"error: {', '.join(missing)} missing: --table, --indices and "
+                             f"--offsets go together")
+        table = _load_npy("--table", args.table)
+        indices = _load_npy("--indices", args.indices)
+        offsets = _load_npy("--offsets", args.offsets)
+        weights = _load_npy("--weights", args.weights) if args.weights else None
+        return table, indices, offsets, weights, False
+    if any(v is None for v in gen.values()):
+        raise SystemExit("error: give --table, --indices and --offsets, or all of --rows, --dim, "
+                         "--bags and --pooling")
+    for name, lo in (("rows", 1), ("dim", 1), ("bags", 0), ("pooling", 0)):
+        if gen[name] < lo:
+            raise SystemExit(f"error: --{name} must be at least {lo}, not {gen[name]}")
+    if args.weights is not None:
+        raise SystemExit("error: --weights goes with --table/--indices/--offsets; with generated "
+                         "inputs use --weighted")
+    rng = np.random.default_rng(args.seed)
+    table = rng.integers(-128, 128, (args.rows, args.dim)).astype(np.int8)
+    # Every bag has exactly --pooling indices.
+    n = args.bags * args.pooling
+    if args.distribution == "uniform":
+        indices = rng.integers(0, args.rows, n)
+    else:
+        indices = (rng.zipf(args.zipf_a, n) - 1) % args.rows
+    indices = indices.astype(np.int32)
+    offsets = (np.arange(args.bags + int(args.include_last_offset)) * args.pooling).astype(
+        np.int32)
+    weights = rng.integers(-128, 128, n).astype(np.int8) if args.weighted else None
+    return table, indices, offsets, weights, True
+
+
+def cmd_embedding_bag(args):
+    import numpy as np
+    from sim import golden_embag as GE
+    from sim.device import Device, EmberHardwareError, EmberSimulationError, EmberTimeout
+    cfg = _config(args.config)
+    table, indices, offsets, weights, generated = _embag_inputs(args)
+    rq = {k: getattr(args, k) for k in ("multiplier", "shift") if getattr(args, k) is not None}
+    rq.update({k: getattr(args, k) for k in ("zero_point", "act_min", "act_max")
+               if getattr(args, k) is not None})
+    kwargs = dict(offsets=offsets, per_sample_weights=weights, mode=args.mode,
+                  include_last_offset=args.include_last_offset, **rq)
+    try:
+        dev = Device(cfg, dram_latency=args.dram_latency)
+        job = dev.check_embedding_bag_args(table, indices, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"error: {e}")
+    bags = len(job["lengths"][0])
+    print(f"ember {cfg.name}: embedding bags, table {table.shape[0]}x{table.shape[1]}, "
+          f"{bags} bags, {len(indices)} indices, mode {args.mode}"
+          f"{', weighted' if weights is not None else ''}"
+          f"{', INT8 output' if job['requant'] else ''}, DRAM latency "
+          f"{args.dram_latency or 0}", flush=True)
+    try:
+        out = dev.embedding_bag(table, indices, **kwargs)
+    except EmberHardwareError as e:
+        raise SystemExit(f"error: {e}")
+    except (EmberTimeout, EmberSimulationError) as e:
+        raise SystemExit(f"error: simulation failed: {str(e).splitlines()[0]}")
+    try:
+        golden = GE.ref_embedding_bag(table, indices, offsets=offsets,
+                                      per_sample_weights=weights, mode=args.mode,
+                                      include_last_offset=args.include_last_offset)
+    except GE.IndexRangeError as e:      # the hardware did not see it: that is a failure too
+        raise SystemExit(f"error: the golden model reports {e}, the accelerator did not")
+    if job["requant"]:
+        golden = GE.requantise(golden, *job["requant"][0])
+    bad = np.argwhere(out != golden)
+    if args.out:
+        try:
+            np.save(args.out, out)
+        except OSError as e:
+            raise SystemExit(f"error: --out {args.out}: {e}")
+    s = dev.last_stats
+    if s is None:         # no bags: nothing ran
+        s = {"cycles": 0, "engine_cycles": 0, "bytes_gathered": 0, "bytes_per_cycle": 0.0,
+             "bus_bytes_per_cycle": cfg.bus_bytes, "bandwidth_utilization": 0.0,
+             "engine_bandwidth_utilization": 0.0, "plan": {"segments": 0, "commands": [0] * 4},
+             "engines": {}, "sim_seconds": 0.0, "output": "int8" if job["requant"] else "int32"}
+    report = {"ok": not len(bad), "config": cfg.name, "rows": int(table.shape[0]),
+              "dim": int(table.shape[1]), "bags": bags, "indices": int(len(indices)),
+              "mode": args.mode, "weighted": weights is not None, "output": s["output"],
+              "dram_latency": args.dram_latency or 0,
+              "cycles": s["cycles"], "engine_cycles": s["engine_cycles"],
+              "bytes_gathered": s["bytes_gathered"],
+              "bytes_per_cycle": round(s["bytes_per_cycle"], 4),
+              "bus_bytes_per_cycle": s["bus_bytes_per_cycle"],
+              "bandwidth_utilization": round(s["bandwidth_utilization"], 4),
+              "engine_bandwidth_utilization": round(s["engine_bandwidth_utilization"], 4),
+              "segments": s["plan"]["segments"], "commands": sum(s["plan"]["commands"]),
+              "engines": s["engines"], "mismatches": int(len(bad)), "out": args.out,
+              "sim_seconds": s["sim_seconds"]}
+    print(f"{s['cycles']} cycles, {s['bytes_gathered']} bytes gathered, "
+          f"{s['bytes_per_cycle']:.2f} B/cycle = {s['bandwidth_utilization']:.3f} of the bus "
+          f"({s['engine_bandwidth_utilization']:.3f} while the engine ran); golden model: "
+          f"{'match' if report['ok'] else 'MISMATCH'}")
+    print(json.dumps(report), flush=True)
+    if len(bad):
+        i, j = bad[0]
+        raise SystemExit(f"error: result differs from the golden model at {len(bad)} of "
+                         f"{out.size} elements, first at [{i}, {j}]: got {out[i, j]}, expected "
                          f"{golden[i, j]}")
 
 
@@ -251,7 +371,43 @@ def main(argv=None):
                    help="who pushes the commands: the host through its registers (default), or "
                         "the GEMM firmware (fw/gemm.c) on the control core, started by "
                         "DOORBELL")
+    p.add_argument("--dram-latency", type=int, default=None, metavar="CYCLES",
+                   help="run on the pipelined DRAM model with this latency (default: "
+                        "cocotbext-axi's AxiRam)")
     p.set_defaults(func=cmd_gemm)
+    p = _one_line_errors(sub.add_parser(
+        "embedding-bag", help="run embedding bags on the simulated accelerator and check them",
+        description="Pool bags of rows of an INT8 table (nn.EmbeddingBag, SparseLengthsSum) on "
+                    "the Verilator model of the whole accelerator, driven from the host port, "
+                    "and compare with the golden model. The last line of output is a JSON "
+                    "object."))
+    p.add_argument("--config", default="tiny", help="preset name (default: tiny)")
+    p.add_argument("--table", metavar="T.npy", help="int8 [rows, dim] table")
+    p.add_argument("--indices", metavar="I.npy", help="int32 indices")
+    p.add_argument("--offsets", metavar="O.npy", help="int32 bag offsets")
+    p.add_argument("--weights", metavar="W.npy", help="int8 per-sample weights (mode sum)")
+    p.add_argument("--mode", choices=("sum", "mean"), default="sum", help="pooling (sum)")
+    p.add_argument("--include-last-offset", action="store_true",
+                   help="offsets has B + 1 entries, the last one len(indices)")
+    p.add_argument("--out", metavar="Y.npy", help="write the result here")
+    p.add_argument("--rows", type=int, help="generate: table rows")
+    p.add_argument("--dim", type=int, help="generate: table dim (1 to 1024)")
+    p.add_argument("--bags", type=int, help="generate: bags")
+    p.add_argument("--pooling", type=int, help="generate: indices per bag")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated inputs")
+    p.add_argument("--distribution", choices=("uniform", "zipf"), default="uniform",
+                   help="generate: index distribution (zipf: exponent --zipf-a)")
+    p.add_argument("--zipf-a", type=float, default=1.15, help=argparse.SUPPRESS)
+    p.add_argument("--weighted", action="store_true",
+                   help="generate: random int8 per-sample weights")
+    p.add_argument("--multiplier", type=int, help="INT8 output: requantisation multiplier")
+    p.add_argument("--shift", type=int, help="INT8 output: requantisation shift in [-31, 31]")
+    p.add_argument("--zero-point", type=int, help="INT8 output zero point")
+    p.add_argument("--act-min", type=int, help="INT8 output clamp, lower bound")
+    p.add_argument("--act-max", type=int, help="INT8 output clamp, upper bound")
+    p.add_argument("--dram-latency", type=int, default=None, metavar="CYCLES",
+                   help="DRAM latency in cycles of the pipelined DRAM model (default 0)")
+    p.set_defaults(func=cmd_embedding_bag)
     args = parser.parse_args(argv)
     args.func(args)
 

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
-    "IndexRangeError", "ref_embedding_bag", "ref_tbe", "mean_round", "lengths_from_offsets",
+    "IndexRangeError", "ref_embedding_bag", "ref_tbe", "requantise", "mean_round", "lengths_from_offsets",
     "find_index_error", "MODE_SUM", "MODE_MEAN", "MODE_WEIGHTED", "MODES", "ERR_OK",
     "ERR_INDEX", "ERR_LENGTH", "ERR_MALFORMED", "ERR_RANGE", "ERR_CANCELLED", "ERR_GATHER",
     "ERR_WIDTH",
@@ -251,6 +251,17 @@ def _per_table(name, value, n):
     return list(value)
 
 
+def requantise(pooled, multiplier, shift, zero_point=0, act_min=-128, act_max=127):
+    """INT32 pooled vectors → INT8 through the output stage with one scalar ``multiplier``,
+    ``shift``, ``zero_point`` and clamp for the whole table and no bias: TFLite's requantisation,
+    bit-exact (``sim.golden_requant.ref_requant`` with the scalars broadcast to every column)."""
+    from sim.golden_requant import ref_requant
+    pooled = np.asarray(pooled, dtype=np.int32)
+    n = pooled.shape[1]
+    return ref_requant(pooled, np.zeros(n, np.int64), np.full(n, multiplier, np.int64),
+                       np.full(n, shift, np.int64), zero_point, act_min, act_max)
+
+
 def ref_tbe(tables, indices, offsets=None, lengths=None, per_sample_weights=None, mode="sum",
             include_last_offset=False):
     """Table-batched embedding bags (FBGEMM TBE): one bag batch per table, the same number of
@@ -371,6 +382,14 @@ class Job:
     bags: int
     mode: int
     tag: int = 0
+    requant: int = 0          # 1: INT8 output through the output stage (fields below)
+    multiplier: int = 0       # INT32, as an unsigned 32-bit field
+    shift: int = 0            # 6-bit two's complement
+    zero_point: int = 0       # INT8 fields, as unsigned 8-bit values
+    act_min: int = 0
+    act_max: int = 0
+    cont_in: int = 0          # bag 0 continues the bag the previous command left open
+    cont_out: int = 0         # the last bag is left open for the next command
 
 
 def cmd_fields(*, addr_width, sram_addr_width, data_bytes, tag_width=16):
@@ -380,7 +399,9 @@ def cmd_fields(*, addr_width, sram_addr_width, data_bytes, tag_width=16):
         ("idx_addr", sram_addr_width), ("len_addr", sram_addr_width),
         ("wgt_addr", sram_addr_width), ("out_addr", sb), ("out_stride", sb),
         ("table_addr", addr_width), ("rows", 32), ("row_stride", addr_width), ("dim", 16),
-        ("bags", 32), ("mode", 2), ("tag", tag_width),
+        ("bags", 32), ("mode", 2), ("requant", 1), ("multiplier", 32), ("shift", 6),
+        ("zero_point", 8), ("act_min", 8), ("act_max", 8), ("cont_in", 1), ("cont_out", 1),
+        ("tag", tag_width),
     ]
 
 

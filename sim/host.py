@@ -14,7 +14,14 @@ Eight 32-bit words: two header words (``opcode | wait << 6 | signal << 11 | id <
   ``row_bytes``, ``dram_stride``, ``sram_stride``;
 - GEMM (queue 2): ``a | b << 16``, ``c | p << 16`` (scratchpad word addresses),
   ``steps | m_tiles << 16 | n_tiles << 24``, ``raw | zero_point << 8 | act_min << 16 |
-  act_max << 24``.
+  act_max << 24``;
+- embedding bags (queue 3): a TABLE command (bit 31 of word 3 set: ``table_addr``, ``rows``,
+  ``row_stride``, ``dim | requant << 16 | 1 << 31``, ``multiplier``,
+  ``shift | zero_point << 8 | act_min << 16 | act_max << 24``) or a POOL command
+  (``idx_addr | len_addr << 16``, ``wgt_addr | mode << 16 | cont_in << 18 | cont_out << 19``,
+  ``out_addr``, ``out_stride``, ``bags``, 0); see :func:`embag_table_command`,
+  :func:`embag_pool_command`, :class:`hw.embag.EmbagCommands` and the plan in
+  ``sim/embag_plan.py``.
 
 The GEMM plan
 -------------
@@ -95,6 +102,7 @@ from sim.layout import gemm_tiles
 __all__ = [
     "SEM_NONE", "SEM_OPS_FREE", "SEM_OPS_READY", "SEM_C_FREE", "SEM_C_READY", "QUEUE_DEPTH",
     "Command", "command_words", "decode_command", "dma_command", "gemm_command", "pack_params",
+    "embag_table_command", "embag_pool_command", "EMBAG_MODES",
     "GemmPlan", "plan_gemm", "DramLayout", "dram_layout",
     "EmberHardwareError", "EmberTimeout", "BusError", "describe_error", "RegisterBus", "HostDriver",
     "utilization", "block_sizes", "k_chunks",
@@ -181,6 +189,63 @@ def gemm_command(cid, *, a_addr, b_addr, c_addr, p_addr, steps, m_tiles, n_tiles
     note = (f"gemm a={a_addr} b={b_addr} c={c_addr} p={p_addr} steps={steps} "
             f"tiles={m_tiles}x{n_tiles} raw={int(bool(raw))} acc={int(bool(acc))}")
     return Command(regmap.QUEUE_NAMES.index("gemm"), words, note)
+
+
+EMBAG_MODES = {"sum": 0, "mean": 1, "weighted": 2}
+
+
+def _check_field(name, value, lo, hi):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, not {value!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be in [{lo}, {hi}], not {value!r}")
+    return int(value)
+
+
+def embag_table_command(cid, *, table_addr, rows, row_stride, dim, requant=False, multiplier=0,
+                        shift=0, zero_point=0, act_min=-128, act_max=127, **sems):
+    """An embedding-bag TABLE command (queue 3): the table's DRAM byte address, rows, row
+    stride (bytes) and dim; with ``requant``, INT8 output through the output stage with these
+    scalar parameters (no bias). See :class:`hw.embag.EmbagCommands`."""
+    for name, value, lo, hi in (("table_addr", table_addr, 0, _MASK32),
+                                ("rows", rows, 0, _MASK32), ("row_stride", row_stride, 0, _MASK32),
+                                ("dim", dim, 1, 0xFFFF),
+                                ("multiplier", multiplier, -2**31, 2**31 - 1),
+                                ("shift", shift, -31, 31), ("zero_point", zero_point, -128, 127),
+                                ("act_min", act_min, -128, 127), ("act_max", act_max, -128, 127)):
+        _check_field(name, value, lo, hi)
+    args = (table_addr, rows, row_stride, dim | int(bool(requant)) << 16 | 1 << 31,
+            multiplier & _MASK32,
+            (shift & 0xFF) | (zero_point & 0xFF) << 8 | (act_min & 0xFF) << 16
+            | (act_max & 0xFF) << 24)
+    words = command_words(regmap.OPCODES["embag"], cid, args, **sems)
+    note = (f"embag table dram={table_addr:#x} rows={rows} stride={row_stride} dim={dim}"
+            + (f" requant m={multiplier} s={shift} zp={zero_point} [{act_min},{act_max}]"
+               if requant else ""))
+    return Command(regmap.QUEUE_NAMES.index("embag"), words, note)
+
+
+def embag_pool_command(cid, *, idx_addr, len_addr, wgt_addr=0, out_addr, out_stride, bags,
+                       mode="sum", cont_in=False, cont_out=False, **sems):
+    """An embedding-bag POOL command (queue 3) on the current table: list word addresses and the
+    output's byte address and row stride in the scratchpad; ``mode`` is ``"sum"``, ``"mean"``
+    or ``"weighted"`` (or 0, 1, 2); ``cont_in``/``cont_out`` continue a bag across commands."""
+    mode = EMBAG_MODES.get(mode, mode)
+    for name, value, lo, hi in (("idx_addr", idx_addr, 0, 0xFFFF),
+                                ("len_addr", len_addr, 0, 0xFFFF),
+                                ("wgt_addr", wgt_addr, 0, 0xFFFF),
+                                ("out_addr", out_addr, 0, _MASK32),
+                                ("out_stride", out_stride, 0, (1 << 31) - 1),
+                                ("bags", bags, 0, _MASK32), ("mode", mode, 0, 2)):
+        _check_field(name, value, lo, hi)
+    args = (idx_addr | len_addr << 16,
+            wgt_addr | mode << 16 | int(bool(cont_in)) << 18 | int(bool(cont_out)) << 19,
+            out_addr, out_stride, bags, 0)
+    words = command_words(regmap.OPCODES["embag"], cid, args, **sems)
+    note = (f"embag pool idx={idx_addr} len={len_addr} wgt={wgt_addr} out={out_addr:#x} "
+            f"stride={out_stride} bags={bags} mode={mode}"
+            + (" cont_in" if cont_in else "") + (" cont_out" if cont_out else ""))
+    return Command(regmap.QUEUE_NAMES.index("embag"), words, note)
 
 
 def pack_params(bias, multiplier, shift, *, cols, word_bytes):
@@ -490,6 +555,10 @@ _ENGINE_ERRORS = {
     0: {1: "AXI SLVERR", 2: "AXI DECERR", 3: "scratchpad range", 4: "malformed descriptor"},
     1: {1: "AXI SLVERR", 2: "AXI DECERR", 3: "scratchpad range", 4: "malformed descriptor"},
     2: {1: "malformed command"},
+    3: {1: "index out of range", 2: "negative bag length", 3: "malformed command",
+        4: "output beyond the scratchpad", 5: "cancelled", 9: "gather: AXI SLVERR",
+        10: "gather: AXI DECERR", 11: "gather: scratchpad range",
+        12: "gather: malformed descriptor"},
 }
 
 
@@ -505,12 +574,20 @@ def describe_error(code, queue):
 
 
 class EmberHardwareError(RuntimeError):
-    """The accelerator reported an error (``STATUS.ERROR``): code, command id and queue."""
+    """The accelerator reported an error (``STATUS.ERROR``): code, command id and queue.
 
-    def __init__(self, code, cmd_id, queue, message=None):
+    For an embedding-bag error also ``bag`` and ``pos`` (the bag and the position in it of the
+    failing index) and, when a runtime knows the job, ``table``; otherwise None."""
+
+    def __init__(self, code, cmd_id, queue, message=None, *, bag=None, pos=None, table=None):
         self.code, self.cmd_id, self.queue = code, cmd_id, queue
+        self.bag, self.pos, self.table = bag, pos, table
+        where = ""
+        if bag is not None:
+            where = (f" at {'' if table is None else f'table {table}, '}bag {bag}, "
+                     f"position {pos}")
         super().__init__(message or f"hardware error {code:#04x} ({describe_error(code, queue)}) "
-                                    f"on command id {cmd_id} in queue {queue}")
+                                    f"on command id {cmd_id} in queue {queue}{where}")
 
 
 class EmberTimeout(RuntimeError):
@@ -597,10 +674,17 @@ class HostDriver:
         return {"code": await self.read("ERR_CODE"), "id": await self.read("ERR_ID"),
                 "queue": await self.read("ERR_QUEUE")}
 
+    async def embag_error(self):
+        """``(bag, pos)`` of the embedding-bag engine's last error, within its command."""
+        return await self.read("EMBAG_ERR_BAG"), await self.read("EMBAG_ERR_POS")
+
     async def raise_if_error(self):
         if (await self.read("STATUS")) & 2:
             err = await self.errors()
-            raise EmberHardwareError(err["code"], err["id"], err["queue"])
+            where = {}
+            if err["queue"] == regmap.QUEUE_NAMES.index("embag") and err["code"] >= 0x10:
+                where["bag"], where["pos"] = await self.embag_error()
+            raise EmberHardwareError(err["code"], err["id"], err["queue"], **where)
 
     def _deadline(self, timeout=None):
         return self.bus.cycle() + (self.timeout if timeout is None else timeout)

@@ -31,6 +31,45 @@ from sim import host as H
 from sim.tb_top import TB, boot_gemm_firmware, fw_gemm_job, gemm_job
 
 
+class _JobFailed(Exception):
+    def __init__(self, result):
+        self.result = result
+        super().__init__(result.get("message", ""))
+
+
+async def _embedding_bag(dut, job_dir, spec):
+    """An embedding-bag job (``Device.embedding_bag``): ``table{t}``, ``indices{t}``,
+    ``lengths{t}`` and optionally ``weights{t}`` per table; writes ``out.npy``. Returns the
+    result dict."""
+    from sim.tb_top_embag import embag_job, new_tb
+    n = spec["tables"]
+    tables = [_load(job_dir, f"table{t}") for t in range(n)]
+    indices = [_load(job_dir, f"indices{t}") for t in range(n)]
+    lengths = [_load(job_dir, f"lengths{t}") for t in range(n)]
+    weights = [_load(job_dir, f"weights{t}") for t in range(n)]
+    if all(w is None for w in weights):
+        weights = None
+    tb = await new_tb(dut, latency=spec.get("dram_latency", 0), dram_size=spec["dram_size"],
+                      seed=spec.get("seed", 0))
+    try:
+        out = await embag_job(tb, tables, indices, lengths, weights=weights, mode=spec["mode"],
+                              requant=spec.get("requant"), golden=False,
+                              timeout=spec.get("timeout", 1_000_000))
+    except H.EmberHardwareError as e:
+        return {"status": "hardware_error", "code": e.code, "id": e.cmd_id, "queue": e.queue,
+                "table": e.table, "bag": e.bag, "pos": e.pos, "message": str(e)}
+    except H.EmberTimeout as e:
+        raise _JobFailed({"status": "timeout", "message": str(e)}) from e
+    np.save(job_dir / "out.npy", out["out"])
+    plan = out["plan"]
+    return {"status": "ok", "perf": out["perf"], "host_cycles": out["host_cycles"],
+            "plan": {"segments": len(plan.segments),
+                     "commands": [plan.count(q) for q in range(4)],
+                     "bytes_gathered": plan.bytes_gathered, "list_bytes": plan.list_bytes,
+                     "store_bytes": plan.store_bytes},
+            "register_pushes": tb.driver.pushes}
+
+
 def _load(job_dir, name):
     path = job_dir / f"{name}.npy"
     return np.load(path, allow_pickle=False) if path.exists() else None
@@ -44,10 +83,14 @@ async def job(dut):
     t0 = time.monotonic()
     try:
         spec = json.loads((job_dir / "job.json").read_text())
+        if spec.get("kind") == "embedding_bag":
+            result = await _embedding_bag(dut, job_dir, spec)
+            return
         if spec.get("kind") != "gemm":
             raise ValueError(f"unknown job kind {spec.get('kind')!r}")
         a, b = _load(job_dir, "a"), _load(job_dir, "b")
-        tb = TB(dut, dram_size=spec["dram_size"], seed=spec.get("seed", 0))
+        tb = TB(dut, dram_size=spec["dram_size"], seed=spec.get("seed", 0),
+                dram_latency=spec.get("dram_latency"))
         await tb.reset()
         tb.fill_dram_random()
         prelude = [H.Command(c["queue"], tuple(c["words"]), "prelude")
@@ -101,6 +144,8 @@ async def job(dut):
             result["first_push_cycles"] = out["first_push"]
             result["firmware_pushes"] = len(out["commands"])
     except BaseException as e:
+        if isinstance(e, _JobFailed):
+            result = e.result
         if result.get("status") not in ("timeout",):
             result = {"status": "error", "message": f"{type(e).__name__}: {e}",
                       "traceback": traceback.format_exc()}
