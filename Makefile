@@ -12,12 +12,13 @@ PART   ?= top
 # pytest-xdist workers for the regressions.
 JOBS   ?= auto
 
-.PHONY: help venv sim test test-slow verilog lint firmware clean distclean
+.PHONY: help venv sim test test-slow bench verilog lint firmware clean distclean
 
 help:
 	@echo "make sim                  cocotb regression on Verilator (tiny and default presets)"
 	@echo "make test                 everything CI runs: unit tests, Verilog + lint, cocotb regression"
 	@echo "make test-slow            the long runs left out of 'make test'"
+	@echo "make bench                benchmark suite (default preset): build/bench.{json,md,png}"
 	@echo "make verilog CONFIG=p     write build/ember_<p>.v for preset p (default: tiny)"
 	@echo "make lint CONFIG=p        verilator --lint-only -Wall on it, with the documented waivers"
 	@echo "make firmware             build the control core's C firmware (fw/) into build/fw/"
@@ -39,6 +40,9 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -n $(JOBS) -m "slow"
+
+bench: $(STAMP)
+	$(PY) -m sim.bench $(BENCH_ARGS)
 
 verilog: $(STAMP)
 	$(PY) -m sim verilog --config $(CONFIG) --part $(PART)
