@@ -21,6 +21,7 @@ help:
 	@echo "make bench                benchmark suite (default preset): build/bench.{json,md,png}"
 	@echo "make verilog CONFIG=p     write build/ember_<p>.v for preset p (default: tiny)"
 	@echo "make lint CONFIG=p        verilator --lint-only -Wall on it, with the documented waivers"
+	@echo "make synth CONFIG=p       ECP5-85F synthesis + place and route: build/synth_<p>.json (default: small)"
 	@echo "make firmware             build the control core's C firmware (fw/) into build/fw/"
 	@echo "make clean                remove build/ ;  make distclean also removes .venv"
 	@echo "Options: WAVES=1 (dump.vcd per test), EMBER_SEED=n (replay a random test), JOBS=n"
@@ -49,6 +50,13 @@ verilog: $(STAMP)
 
 lint: verilog
 	$(PY) -m sim lint --config $(CONFIG) --part $(PART)
+
+# --- synth: FPGA synthesis, place and route for the ECP5-85F (synth/README.md). Not in `make test`.
+# CONFIG defaults to `small` here (the preset sized for the 85F) unless given on the command line.
+SYNTH_CONFIG = $(if $(filter command line environment,$(origin CONFIG)),$(CONFIG),small)
+.PHONY: synth
+synth: $(STAMP)
+	$(PY) -m synth --config $(SYNTH_CONFIG) $(SYNTH_ARGS)
 
 firmware: $(STAMP)
 	$(PY) -m sim regmap --c

@@ -143,6 +143,13 @@ PRESETS = {
     "tiny": EmberConfig(name="tiny", pe_rows=2, pe_cols=2, pe_lanes=4,
                         bus_bytes=8, sram_banks=8, sram_depth=256,
                         axi_id_width=4, dma_outstanding=8, dma_max_burst=256),
+    # Sized for a Lattice ECP5-85F (ULX3S) with everything else on board, for 100 MHz
+    # (`make synth CONFIG=small`, synth/README.md): 4×4 PEs of 4 lanes, 64 MACs/cycle, each in
+    # one of the 85F's MULT18X18D blocks (the most a 16-byte word feeds: R·L, C·L and 4·C bytes).
+    # 128-bit AXI, 8 banks × 1024 words × 16 B = 128 KB of scratchpad in block RAM.
+    "small": EmberConfig(name="small", pe_rows=4, pe_cols=4, pe_lanes=4,
+                         bus_bytes=16, sram_banks=8, sram_depth=1024,
+                         axi_id_width=4, dma_outstanding=16, dma_max_burst=256),
     # MTIA's 8×8 PE grid, 8 lanes per PE: 512 MACs/cycle.
     # 512-bit AXI, 8 banks × 256 words × 64 B = 128 KB (MTIA v1's local memory per PE).
     "default": EmberConfig(name="default", pe_rows=8, pe_cols=8, pe_lanes=8,

