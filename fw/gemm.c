@@ -58,13 +58,12 @@
  * and polls it only if the queue is really full. A job ends when every queue has completed every
  * command pushed (or an error is held, or the watchdog fires).
  *
- * Speed. The control core is the bottleneck: each command costs it at least four MMIO writes
- * (CMD0, CMD2, CMD3 and CMD_PUSH for a store; two cycles each), and the plan has one store per
- * output tile. The data cache is write-through, so a store to DMEM costs a bus cycle too. Hence
- * the hot loop (emit_stores) keeps its state in registers, writes the staging words that stay
- * the same once per job, and handles clipped edge tiles off its common path; everything a job
- * needs that does not depend on the job is computed once, in plan(). Each command kind writes
- * every staging word it needs, so nothing depends on what an earlier job or the host staged.
+ * Speed. The control core is the bottleneck: each command costs it nine MMIO writes (two cycles
+ * each), and the data cache is write-through, so a store to DMEM costs a bus cycle too. The
+ * plan stores a whole row of output tiles per command (multi-block stores), so there are few
+ * commands per job; everything a job needs that does not depend on the job is computed once,
+ * in plan(). Each command writes every staging word, so nothing depends on what an earlier job
+ * or the host staged.
  *
  * DMEM use is constant: the command stream is generated on the fly, job by job.
  */
@@ -198,109 +197,63 @@ static inline void push_load(uint32_t wait, uint32_t signal, uint32_t dram, uint
     }
 }
 
-/* Header increments that turn a store's (wait, signal) = (none, none) into the first store's
- * wait on C_READY and the last store's signal of C_FREE (modulo 2^32; no borrow: 31 is the
- * largest field value). */
-#define FIRST_ADJ ((uint32_t)(SEM_C_READY - SEM_NONE) << 6)
-#define LAST_ADJ ((uint32_t)(SEM_C_FREE - SEM_NONE) << 11)
+/* The stores of output block u = (i, j), as plan_gemm orders them: per row of tiles, one
+ * multi-block store of its full tiles (word 2 = rows | (blocks - 1) << 16: the tiles follow one
+ * another in the scratchpad, R words each, and sit C·e bytes apart in DRAM), then one store of
+ * its last tile if that is clipped at N; a row of tiles clipped at M goes one tile per store.
+ * The first store waits on C_READY, the last signals C_FREE. */
+typedef struct {
+    uint32_t dram, sram, word2, bytes;
+} piece_t;
 
-/* The stores of output block u = (i, j): one 2D store per output tile, in row-major tile order,
- * clipped at the matrix edges; the first waits on C_READY, the last signals C_FREE.
- *
- * This is the firmware's hot loop (the plan has one command per output tile, many more than
- * jobs). Words 1, 4, 5, 6 and 7 are written once per job; per store only CMD0 (the id), CMD2
- * (DRAM address), CMD3 (scratchpad address) and CMD_PUSH are written, and CMD4/CMD5 (rows, row
- * bytes) around the tiles clipped at the matrix edge. The state stays in registers, and
- * Q_COMPLETED is read only when the count says the queue may be full. */
+static inline void push_store(const plan_t *p, const piece_t *s, uint32_t wait,
+                              uint32_t signal) {
+    if (room(Q_STORE)) {
+        push8(Q_STORE, header(EMBER_OP_STORE, wait, signal, next_id), NO_SEMS, s->dram,
+              s->sram, s->word2, s->bytes, p->row_stride, p->W);
+    }
+}
+
 static __attribute__((noinline)) void emit_stores(const plan_t *p, uint32_t u, uint32_t i,
                                                   uint32_t j) {
-    volatile uint32_t *const cmd = CMD;
     const uint32_t last_i = i == p->m_blocks - 1, last_j = j == p->n_blocks - 1;
     const uint32_t m_here = last_i ? p->m_last : p->mb;
     const uint32_t n_here = last_j ? p->n_last : p->nb;
     const uint32_t bytes_full = p->tile_step;
-    const uint32_t bytes_last = last_j ? p->bytes_last : bytes_full; /* the job's last column */
-    const uint32_t rows_last = last_i ? p->rows_last : p->R;         /* its last row of tiles */
-    cmd[1] = NO_SEMS;
-    cmd[4] = m_here == 1 ? rows_last : p->R;
-    cmd[5] = n_here == 1 ? bytes_last : bytes_full;
-    cmd[6] = p->row_stride;
-    cmd[7] = p->W;
-
-    const uint32_t n_pushed0 = pushed[Q_STORE];
-    const uint32_t stop = n_pushed0 + m_here * n_here - 1;  /* the job's last store */
-    /* Clipped edges: bytes_last before each row's last column (and bytes_full after it),
-     * rows_last before the last row's first tile. */
-    const uint32_t toggle = n_here > 1 && bytes_last != bytes_full;
-    const uint32_t last_row = m_here > 1 && rows_last != p->R ? stop + 1 - n_here : stop + 1;
-    uint32_t h = header(EMBER_OP_STORE, SEM_NONE, SEM_NONE, next_id);
-    uint32_t adj = FIRST_ADJ;                      /* header change of the next store */
-    uint32_t n_pushed = n_pushed0;
-    uint32_t limit = done[Q_STORE] + QUEUE_DEPTH;  /* n_pushed == limit: the queue may be full */
-    uint32_t sram = ((4 + (u & 1)) * p->bank) * p->W;
-    uint32_t dram_row = p->c_addr + i * p->c_blk_row + j * p->c_blk_col;
-    uint32_t dram = dram_row;
-    uint32_t col_left = n_here;                    /* tiles left in the current row */
-    /* Locals, not p->...: the compiler must assume that the MMIO stores may change *p. */
-    const uint32_t tile_step = p->tile_step, sram_step = p->sram_step, row_step = p->row_step;
-
-/* Make room for one store: re-read Q_COMPLETED, and wait only if the queue is full. */
-#define STORE_ROOM()                                                                           \
+    const uint32_t bytes_last = last_j ? p->bytes_last : bytes_full; /* the row's last tile */
+    const uint32_t full = bytes_last == bytes_full ? n_here : n_here - 1;
+    const uint32_t sram0 = (4 + (u & 1)) * p->bank * p->W;
+    const uint32_t dram0 = p->c_addr + i * p->c_blk_row + j * p->c_blk_col;
+    piece_t prev = {0, 0, 0, 0};
+    uint32_t have = 0, wait = SEM_C_READY;
+#define PIECE(n_, tiles_, rows_, bytes_)                                                       \
     do {                                                                                       \
-        if (__builtin_expect(n_pushed == limit, 0)) {                                          \
-            limit = q_completed(Q_STORE) + QUEUE_DEPTH;                                        \
-            if (n_pushed == limit) {                                                           \
-                pushed[Q_STORE] = n_pushed;                                                    \
-                limit = wait_inflight(Q_STORE, QUEUE_DEPTH - 1) + QUEUE_DEPTH;                 \
-                if (failed) {                                                                  \
-                    return; /* the job is abandoned */                                         \
-                }                                                                              \
-            }                                                                                  \
+        if (have) {                                                                            \
+            push_store(p, &prev, wait, SEM_NONE);                                              \
+            wait = SEM_NONE;                                                                   \
         }                                                                                      \
+        const uint32_t n__ = (n_);                                                             \
+        prev.dram = dram0 + (n__ / n_here) * p->row_step + (n__ % n_here) * p->tile_step;      \
+        prev.sram = sram0 + n__ * p->sram_step;                                                \
+        prev.word2 = (rows_) | ((tiles_) - 1) << 16;                                           \
+        prev.bytes = (bytes_);                                                                 \
+        have = 1;                                                                              \
     } while (0)
-/* Push the store of the tile at (dram, sram). CMD0, 2 and 3 differ from the previous command's
- * in every store (the id, and the tile's addresses), so they are always written. */
-#define STORE_PUSH()                                                                           \
-    do {                                                                                       \
-        cmd[0] = h + adj;                                                                      \
-        cmd[2] = dram;                                                                         \
-        cmd[3] = sram;                                                                         \
-        cmd[CMD_PUSH_WORD] = 1;                                                                \
-        h += 1u << 16; /* the next id; wraps modulo 2^16 */                                    \
-        n_pushed++;                                                                            \
-    } while (0)
-
-    while (n_pushed != stop) {
-        STORE_ROOM();
-        STORE_PUSH();
-        adj = 0;
-        sram += sram_step;
-        if (__builtin_expect(--col_left > 1, 1)) {
-            dram += tile_step;                     /* the common case */
-        } else if (col_left == 1) {                /* next: the row's last column */
-            dram += tile_step;
-            if (toggle) {
-                cmd[5] = bytes_last;
+    for (uint32_t il = 0; il < m_here && !failed; il++) {
+        const uint32_t rows = last_i && il == m_here - 1 ? p->rows_last : p->R;
+        if (rows < p->R) {
+            for (uint32_t jl = 0; jl < full; jl++) {
+                PIECE(il * n_here + jl, 1, rows, bytes_full);
             }
-        } else {                                   /* next: a new row */
-            col_left = n_here;
-            dram = dram_row += row_step;
-            if (toggle) {
-                cmd[5] = bytes_full;
-            }
-            if (n_pushed == last_row) {
-                cmd[4] = rows_last;
-            }
+        } else if (full) {
+            PIECE(il * n_here, full, rows, bytes_full);
+        }
+        if (full < n_here) {
+            PIECE(il * n_here + n_here - 1, 1, rows, bytes_last);
         }
     }
-    adj += LAST_ADJ;                               /* the job's last store signals C_FREE */
-    STORE_ROOM();
-    STORE_PUSH();
-#undef STORE_ROOM
-#undef STORE_PUSH
-    pushed[Q_STORE] = n_pushed;
-    done[Q_STORE] = limit - QUEUE_DEPTH;
-    next_id = h >> 16;
+#undef PIECE
+    push_store(p, &prev, wait, SEM_C_FREE);
 }
 
 /* Job t of the plan: output block (i, j), K chunk k, in the plan's loop order. */

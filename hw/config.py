@@ -61,6 +61,11 @@ class EmberConfig:
     dma_max_burst : int
         Longest AXI INCR burst the DMA issues, in beats (1 to 256, a power of two). Bursts are also
         split at every 4 KB boundary.
+    cmd_inflight : int
+        Commands the command processor lets each engine hold at once (issued, not yet completed;
+        1 to 64). A DMA store completes only when its last B response is back, so at a DRAM
+        latency of ``T`` cycles a queue of short stores completes at most ``cmd_inflight / T``
+        commands per cycle (Little's law).
     simulate : bool
         Whether the preset may be simulated. ``mtia`` is elaboration-only.
 
@@ -85,6 +90,7 @@ class EmberConfig:
     axi_addr_width: int = 32
     dma_outstanding: int = 8
     dma_max_burst: int = 256
+    cmd_inflight: int = 4
     simulate: bool = True
 
     def __post_init__(self):
@@ -103,6 +109,7 @@ class EmberConfig:
         _check_int("axi_addr_width", self.axi_addr_width, minimum=32, maximum=64)
         _check_pow2("dma_outstanding", self.dma_outstanding, minimum=1, maximum=256)
         _check_pow2("dma_max_burst", self.dma_max_burst, minimum=1, maximum=256)
+        _check_int("cmd_inflight", self.cmd_inflight, minimum=1, maximum=64)
         if not isinstance(self.simulate, bool):
             raise TypeError(f"simulate must be a bool, not {self.simulate!r}")
 
@@ -152,9 +159,12 @@ PRESETS = {
                          axi_id_width=4, dma_outstanding=16, dma_max_burst=256),
     # MTIA's 8×8 PE grid, 8 lanes per PE: 512 MACs/cycle.
     # 512-bit AXI, 8 banks × 256 words × 64 B = 128 KB (MTIA v1's local memory per PE).
+    # 128 reads and 128 writes in flight, 32 commands per engine: at a DRAM latency of 100
+    # cycles, one-beat embedding rows and short stores still flow at one per cycle (make bench).
     "default": EmberConfig(name="default", pe_rows=8, pe_cols=8, pe_lanes=8,
                            bus_bytes=64, sram_banks=8, sram_depth=256,
-                           axi_id_width=6, dma_outstanding=16, dma_max_burst=256),
+                           axi_id_width=6, dma_outstanding=128, dma_max_burst=256,
+                           cmd_inflight=32),
     # MTIA v1 scale: 65,536 MACs/cycle as 32×32 PEs of 64 lanes. Elaboration only. (MTIA's own
     # 8×8×1024 split does not elaborate: its 65,537-bit A-operand port exceeds the 65,536 bits
     # that Amaranth's netlist allows a single port; see README.)

@@ -136,7 +136,7 @@ Throughput: one descriptor per cycle, one slot word pooled per cycle, one output
 the limit once ``outstanding`` rows of ``ceil(dim / W)`` beats cover the DRAM latency (Little's
 law). Measured (``tests/test_embag.py``, aligned rows, uniform indices, fraction of the bus's
 bytes per cycle from command to completion): dim 64 at latency 0: 0.98 (``tiny``), 0.95
-(``default``, one-beat rows); at latency 100 the presets' ``outstanding`` (8, 16) give 0.57 and
+(``default``, one-beat rows); at latency 100, ``outstanding`` 8 (``tiny``) and 16 give 0.57 and
 0.15, the Little's-law bound; with ``outstanding = 64``: 0.96 (``tiny``), 0.59 (``default``, the
 bound for one-beat rows), and dim 256 on ``default`` 0.93. One job runs at a time; the next is
 accepted when the previous has completed.
@@ -631,7 +631,17 @@ class _Core(wiring.Component):
                             pos.eq(pos + 1),
                         ]
                         with m.If(last_row):
-                            m.d.sync += [in_bag.eq(0), bag.eq(bag + 1)]
+                            m.d.sync += bag.eq(bag + 1)
+                            # The next bag's length, in the same cycle when it is a plain
+                            # non-empty bag, so back-to-back bags issue a row every cycle.
+                            # Anything else (the end, an empty bag, an error) takes the
+                            # `~in_bag` path.
+                            with m.If(len_r.o.valid & (length > 0)
+                                      & ((bag + 1)[:32] != job.bags)):
+                                m.d.comb += len_r.o.ready.eq(1)
+                                m.d.sync += [cur_len.eq(length), pos.eq(0)]
+                            with m.Else():
+                                m.d.sync += in_bag.eq(0)
 
         # ---------------------------------------------------------------------------------
         # Pooler: completed slots → accumulators.

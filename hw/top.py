@@ -70,6 +70,7 @@ from .dma import DMA
 from .embag import EmbagCommands, EmbeddingBagEngine, GatherArbiter, embag_params
 from .gemm import GemmEngine
 from .regs import Registers
+from .store_blocks import StoreBlocks
 from .sram import Scratchpad
 
 __all__ = ["Ember", "build_top"]
@@ -117,7 +118,7 @@ class Ember(wiring.Component):
         m.submodules.regs = regs = Registers(config=cfg, imem_words=DEFAULT_IMEM_SIZE // 4,
                                              fw_addr_width=len(cpu.mmio.adr))
         m.submodules.cp = cp = CommandProcessor(
-            opcodes=[regmap.OPCODES[q] for q in queues], depth=8, inflight=4)
+            opcodes=[regmap.OPCODES[q] for q in queues], depth=8, inflight=cfg.cmd_inflight)
         ep = embag_params(cfg, tag_width=TAG_WIDTH)
         sram_aw = ep["sram_addr_width"]      # the scratchpad's word-address width
         # The DMA's tags have one more bit than the command ids: the GatherArbiter's source bit.
@@ -174,22 +175,32 @@ class Ember(wiring.Component):
         # where they would be taken for completions of commands issued after the reset.
         # Loads reach the DMA through the GatherArbiter, which shares the load path with the
         # embedding-bag engine's gathers and returns each completion to its source.
-        for q, (cmd_in, done_out) in enumerate(((arb.load, arb.load_done),
-                                                (dma.store, dma.store_done))):
+        # Stores go through StoreBlocks: argument word 2 is ``rows | (blocks - 1) << 16``, and
+        # one command stores ``blocks`` side-by-side 2D blocks (hw/store_blocks.py). For loads
+        # the upper half of word 2 must be 0.
+        blocks = StoreBlocks(desc_layout=dma.descriptor_layout)
+        m.submodules.store_blocks = ResetInserter(regs.soft_reset)(blocks)
+        for q, (cmd_in, dma_in, dma_done) in enumerate((
+                (arb.load, arb.load, arb.load_done),
+                (blocks.cmd, dma.store, dma.store_done))):
             eng = cp.engines[q]
+            done_out = eng.done if q == 0 else blocks.dma_done
             args = eng.cmd.payload.args
             desc = cmd_in.payload
             too_wide = Signal(name=f"dma{q}_too_wide")
-            fields = ((desc.sram_addr, args[1]), (desc.rows, args[2]),
-                      (desc.row_bytes, args[3]), (desc.sram_stride, args[5]))
+            fields = ((desc.sram_addr, args[1]), (desc.row_bytes, args[3]),
+                      (desc.sram_stride, args[5]))
+            if q == 0:
+                fields += ((desc.rows, args[2]),)
             for field, word in fields:
                 if len(field) < 32:
                     with m.If(word[len(field):].any()):
                         m.d.comb += too_wide.eq(1)
-            inflight = Signal(16, name=f"dma{q}_inflight")
-            stale = Signal(16, name=f"dma{q}_stale")
-            issued = cmd_in.valid & cmd_in.ready
-            completed = done_out.valid & done_out.ready
+            # Counted per DMA descriptor, at the DMA's own ports.
+            inflight = Signal(32, name=f"dma{q}_inflight")
+            stale = Signal(32, name=f"dma{q}_stale")
+            issued = dma_in.valid & dma_in.ready
+            completed = dma_done.valid & dma_done.ready
             m.d.sync += inflight.eq(inflight + issued - completed)
             with m.If(regs.soft_reset):
                 m.d.sync += stale.eq(inflight + issued - completed)
@@ -200,15 +211,26 @@ class Ember(wiring.Component):
                 eng.cmd.ready.eq(cmd_in.ready),
                 desc.dram_addr.eq(args[0]),
                 desc.sram_addr.eq(args[1]),
-                desc.rows.eq(Mux(too_wide, 0, args[2])),
+                desc.rows.eq(Mux(too_wide, 0, args[2][:16])),
                 desc.row_bytes.eq(args[3]),
                 desc.dram_stride.eq(args[4]),
                 desc.sram_stride.eq(args[5]),
                 desc.tag.eq(eng.cmd.payload.header.id),
-                eng.done.valid.eq(done_out.valid & (stale == 0)),
-                done_out.ready.eq(eng.done.ready | (stale != 0)),
-                eng.done.payload.tag.eq(done_out.payload.tag),
-                eng.done.payload.error.eq(done_out.payload.error),
+            ]
+            if q == 1:
+                m.d.comb += desc.more_blocks.eq(args[2][16:])
+                wiring.connect(m, blocks.desc, dma.store)
+                m.d.comb += [  # the command processor's error field is one bit wider
+                    eng.done.valid.eq(blocks.done.valid),
+                    blocks.done.ready.eq(eng.done.ready),
+                    eng.done.payload.tag.eq(blocks.done.payload.tag),
+                    eng.done.payload.error.eq(blocks.done.payload.error),
+                ]
+            m.d.comb += [
+                done_out.valid.eq(dma_done.valid & (stale == 0)),
+                dma_done.ready.eq(done_out.ready | (stale != 0)),
+                done_out.payload.tag.eq(dma_done.payload.tag),
+                done_out.payload.error.eq(dma_done.payload.error),
             ]
 
         # Command processor → GEMM engine (queue 2).

@@ -11,8 +11,9 @@ gemm               run one GEMM on the simulated accelerator (``sim.device.Devic
                    output is a JSON object (ok, driver, cycles, macs, utilization, ...)
 embedding-bag      run an embedding-bag job (nn.EmbeddingBag / SparseLengthsSum, TBE) on the
                    simulated accelerator; the last line of output is a JSON object (ok, cycles,
-                   bytes_gathered, bytes_per_cycle, bus_bytes_per_cycle, bandwidth_utilization,
-                   ...)
+                   bytes_gathered, list_bytes, bytes_per_cycle, bus_bytes_per_cycle,
+                   bandwidth_utilization (table rows and lists read), gather_utilization (table
+                   rows only), ...)
 """
 
 import argparse
@@ -295,8 +296,9 @@ def cmd_embedding_bag(args):
             raise SystemExit(f"error: --out {args.out}: {e}")
     s = dev.last_stats
     if s is None:         # no bags: nothing ran
-        s = {"cycles": 0, "engine_cycles": 0, "bytes_gathered": 0, "bytes_per_cycle": 0.0,
-             "bus_bytes_per_cycle": cfg.bus_bytes, "bandwidth_utilization": 0.0,
+        s = {"cycles": 0, "engine_cycles": 0, "bytes_gathered": 0, "list_bytes": 0,
+             "bytes_per_cycle": 0.0, "bus_bytes_per_cycle": cfg.bus_bytes,
+             "bandwidth_utilization": 0.0, "gather_utilization": 0.0,
              "engine_bandwidth_utilization": 0.0, "plan": {"segments": 0, "commands": [0] * 4},
              "engines": {}, "sim_seconds": 0.0, "output": "int8" if job["requant"] else "int32"}
     report = {"ok": not len(bad), "config": cfg.name, "rows": int(table.shape[0]),
@@ -304,17 +306,19 @@ def cmd_embedding_bag(args):
               "mode": args.mode, "weighted": weights is not None, "output": s["output"],
               "dram_latency": args.dram_latency or 0,
               "cycles": s["cycles"], "engine_cycles": s["engine_cycles"],
-              "bytes_gathered": s["bytes_gathered"],
+              "bytes_gathered": s["bytes_gathered"], "list_bytes": s["list_bytes"],
               "bytes_per_cycle": round(s["bytes_per_cycle"], 4),
               "bus_bytes_per_cycle": s["bus_bytes_per_cycle"],
               "bandwidth_utilization": round(s["bandwidth_utilization"], 4),
+              "gather_utilization": round(s["gather_utilization"], 4),
               "engine_bandwidth_utilization": round(s["engine_bandwidth_utilization"], 4),
               "segments": s["plan"]["segments"], "commands": sum(s["plan"]["commands"]),
               "engines": s["engines"], "mismatches": int(len(bad)), "out": args.out,
               "sim_seconds": s["sim_seconds"]}
-    print(f"{s['cycles']} cycles, {s['bytes_gathered']} bytes gathered, "
-          f"{s['bytes_per_cycle']:.2f} B/cycle = {s['bandwidth_utilization']:.3f} of the bus "
-          f"({s['engine_bandwidth_utilization']:.3f} while the engine ran); golden model: "
+    print(f"{s['cycles']} cycles, {s['bytes_gathered']} bytes gathered + {s['list_bytes']} "
+          f"bytes of lists: read bandwidth {s['bandwidth_utilization']:.3f} of the bus (table "
+          f"rows alone {s['gather_utilization']:.3f}, {s['engine_bandwidth_utilization']:.3f} "
+          f"while the engine ran); golden model: "
           f"{'match' if report['ok'] else 'MISMATCH'}")
     print(json.dumps(report), flush=True)
     if len(bad):

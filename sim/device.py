@@ -118,9 +118,12 @@ class Device:
         command). With the firmware driver ``cycles`` counts from the firmware's PERF_CLEAR at
         the start of the job, with the host driver from the host's; both until the host has seen
         the job finished. After :meth:`embedding_bag`: ``cycles``, ``engine_cycles``
-        (``PERF_BUSY3``), ``bytes_gathered`` (table bytes read), ``bytes_per_cycle``,
-        ``bus_bytes_per_cycle``, ``bandwidth_utilization`` (``bytes_gathered / (cycles ·
-        bus_bytes)``), ``engine_bandwidth_utilization`` (the same over ``engine_cycles``), the
+        (``PERF_BUSY3``), ``bytes_gathered`` (table bytes read), ``list_bytes`` (index, length
+        and weight lists loaded, padded to words), ``bytes_per_cycle``, ``bus_bytes_per_cycle``,
+        ``bandwidth_utilization`` (DRAM read bandwidth: ``(bytes_gathered + list_bytes) / (cycles
+        · bus_bytes)``, the bytes FBGEMM's TBE benchmark counts as read), ``gather_utilization``
+        (table rows only: ``bytes_gathered / (cycles · bus_bytes)``),
+        ``engine_bandwidth_utilization`` (table rows over ``engine_cycles``), the
         job's shape, ``dram_latency``, the per-engine counters and the plan's summary.
     """
 
@@ -466,17 +469,18 @@ class Device:
         perf, plan = result["perf"], result["plan"]
         W = cfg.bus_bytes
         cycles, busy = perf["cycles"], perf["busy3"]
-        gathered = plan["bytes_gathered"]
+        gathered, lists = plan["bytes_gathered"], plan["list_bytes"]
         self.last_stats = {
             "config": cfg.name, "tables": n, "bags": bags, "dims": dims,
             "rows": [t.shape[0] for t in tables], "indices": [len(i) for i in job["indices"]],
             "mode": job["mode"], "weighted": job["weights"] is not None,
             "output": "int8" if requant else "int32",
             "cycles": cycles, "engine_cycles": busy,
-            "bytes_gathered": gathered,
+            "bytes_gathered": gathered, "list_bytes": lists,
             "bytes_per_cycle": gathered / cycles if cycles else 0.0,
             "bus_bytes_per_cycle": W,
-            "bandwidth_utilization": gathered / (cycles * W) if cycles else 0.0,
+            "bandwidth_utilization": (gathered + lists) / (cycles * W) if cycles else 0.0,
+            "gather_utilization": gathered / (cycles * W) if cycles else 0.0,
             "engine_bandwidth_utilization": gathered / (busy * W) if busy else 0.0,
             "dram_latency": latency,
             "dma_rd_beats": perf["dma_rd_beats"], "dma_wr_beats": perf["dma_wr_beats"],

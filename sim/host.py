@@ -10,8 +10,9 @@ Commands (``hw/cmdproc.py``, ``hw/top.py``)
 Eight 32-bit words: two header words (``opcode | wait << 6 | signal << 11 | id << 16`` and
 ``wait2 | signal2 << 5``; 31 = no semaphore), then six argument words:
 
-- DMA load (queue 0) and store (queue 1): ``dram_addr``, ``sram_addr`` (bytes), ``rows``,
-  ``row_bytes``, ``dram_stride``, ``sram_stride``;
+- DMA load (queue 0) and store (queue 1): ``dram_addr``, ``sram_addr`` (bytes), ``rows``
+  (a store: ``rows | (blocks - 1) << 16``, ``blocks`` side-by-side 2D blocks, see
+  :func:`dma_command`), ``row_bytes``, ``dram_stride``, ``sram_stride``;
 - GEMM (queue 2): ``a | b << 16``, ``c | p << 16`` (scratchpad word addresses),
   ``steps | m_tiles << 16 | n_tiles << 24``, ``raw | zero_point << 8 | act_min << 16 |
   act_max << 24``;
@@ -57,10 +58,13 @@ multiplier, shift), and C, row-major ``M×N`` of INT32 (raw) or INT8 (requantise
 5. **Commands of job t.** Loads: the inner operand, then the outer operand if it changes, then
    the parameters if they change; 1D (one row of the block's bytes) without K chunks, else 2D
    (one row of ``Sk·W`` bytes per tile, DRAM stride ``S·W``). One GEMM command. After the last
-   chunk of a block, one 2D store per output tile: ``rows = min(R, M - row0)``,
-   ``row_bytes = min(C, N - col0)·e``,
-   ``sram_stride = W`` (one result row per word), ``dram_stride = N·e``; rows and columns
-   beyond the matrix are never stored.
+   chunk of a block, per row of output tiles, one store of its full tiles as side-by-side
+   blocks (``blocks`` = the row's tiles, ``hw/store_blocks.py``: the tiles follow one another
+   in the scratchpad, ``R`` words each, and sit ``C·e`` bytes apart in DRAM), with
+   ``rows = R``, ``row_bytes = C·e``, ``sram_stride = W`` (one result row per word),
+   ``dram_stride = N·e``; then one store of the row's last tile if it is clipped at N
+   (``row_bytes = (N - col0)·e``). The last row of tiles, if clipped at M (``rows = M - row0``),
+   is stored one tile per command. Rows and columns beyond the matrix are never stored.
 6. **Semaphores** (each has one producer queue and one consumer queue):
 
    =============  ====  ===========================================  ==========================
@@ -160,15 +164,28 @@ def decode_command(words):
 
 
 def dma_command(kind, cid, *, dram_addr, sram_addr, rows, row_bytes, dram_stride=0,
-                sram_stride=0, **sems):
-    """A DMA ``"load"`` (DRAM → scratchpad) or ``"store"`` command; addresses in bytes."""
+                sram_stride=0, blocks=1, **sems):
+    """A DMA ``"load"`` (DRAM → scratchpad) or ``"store"`` command; addresses in bytes.
+
+    A store may carry ``blocks`` side-by-side 2D blocks (``hw/store_blocks.py``): block ``t``
+    goes from ``sram_addr + t·rows·sram_stride`` to ``dram_addr + t·row_bytes``. Word 2 is then
+    ``rows | (blocks - 1) << 16``."""
     if kind not in ("load", "store"):
         raise ValueError(f"kind must be 'load' or 'store', not {kind!r}")
+    if isinstance(blocks, bool) or not isinstance(blocks, int) or not 1 <= blocks <= 1 << 16:
+        raise ValueError(f"blocks must be an integer in [1, 65536], not {blocks!r}")
+    if blocks > 1 and kind != "store":
+        raise ValueError(f"blocks applies to stores only, not to a {kind}")
+    if kind == "store" and not 0 <= rows <= 0xFFFF:
+        # (A load's rows word is passed as given: the hardware refuses one that is too wide.)
+        raise ValueError(f"rows must be in [0, 65535] for a store, not {rows!r}")
+    word2 = rows | (blocks - 1) << 16
     words = command_words(regmap.OPCODES[kind], cid,
-                          (dram_addr, sram_addr, rows, row_bytes, dram_stride, sram_stride),
+                          (dram_addr, sram_addr, word2, row_bytes, dram_stride, sram_stride),
                           **sems)
     note = (f"{kind} dram={dram_addr:#x} sram={sram_addr:#x} rows={rows} row_bytes={row_bytes} "
-            f"dstride={dram_stride} sstride={sram_stride}")
+            f"dstride={dram_stride} sstride={sram_stride}"
+            + (f" blocks={blocks}" if blocks > 1 else ""))
     return Command(regmap.QUEUE_NAMES.index(kind), words, note)
 
 
@@ -474,22 +491,35 @@ def plan_gemm(config, M, K, N, *, a_addr, b_addr, p_addr, c_addr, raw, zero_poin
         if not last:
             continue
 
+        # Per row of tiles: one multi-block store of its full tiles, then one of its last
+        # tile if that is clipped at N. A row of tiles clipped at M: one store per tile (its
+        # tiles are R words apart in the scratchpad, not `rows`).
+        pieces = []                  # (first tile n, tiles, rows, columns)
+        for il in range(m_here):
+            row0 = (i * mb + il) * R
+            rows = min(R, M - row0)
+            last_cols = min(C, N - (j * nb + n_here - 1) * C)
+            full = n_here if last_cols == C else n_here - 1
+            if rows < R:
+                pieces += [(il * n_here + jl, 1, rows, C) for jl in range(full)]
+            elif full:
+                pieces.append((il * n_here, full, rows, C))
+            if full < n_here:
+                pieces.append((il * n_here + n_here - 1, 1, rows, last_cols))
         job_stores = []
-        n_tiles_here = m_here * n_here
-        for n in range(n_tiles_here):
+        for p, (n, tiles, rows, cols) in enumerate(pieces):
             il, jl = divmod(n, n_here)
             row0, col0 = (i * mb + il) * R, (j * nb + jl) * C
-            rows, cols = min(R, M - row0), min(C, N - col0)
             sems = {}
-            if n == 0:
+            if p == 0:
                 sems["wait"] = SEM_C_READY
-            if n == n_tiles_here - 1:
+            if p == len(pieces) - 1:
                 sems["signal"] = SEM_C_FREE
             cmd = dma_command("store", 0, dram_addr=c_addr + (row0 * N + col0) * e,
                               sram_addr=(c_word + n * R) * W, rows=rows, row_bytes=cols * e,
-                              dram_stride=N * e, sram_stride=W, **sems)
+                              dram_stride=N * e, sram_stride=W, blocks=tiles, **sems)
             job_stores.append(dataclasses.replace(cmd, note=f"block {u} tile {n}: {cmd.note}"))
-            write_bytes += rows * cols * e
+            write_bytes += tiles * rows * cols * e
         stores.append(job_stores)
 
     order = list(loads[0])

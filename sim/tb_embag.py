@@ -900,8 +900,11 @@ async def performance(dut):
                                          mode="sum", lengths=lengths, indices=indices))
             fig = await tb.measure(spec, latency)
             # Little's law: `outstanding` one-row bursts in flight per round trip of about
-            # latency + beats + 8 cycles (the DMA's and the RAM model's per-burst overhead).
-            bound = min(1.0, O * beats / (latency + beats + 8))
+            # latency + beats + 8 cycles (the DMA's and the RAM model's per-burst overhead);
+            # and the first row's round trip is paid once per job, before any data.
+            data_beats = rows_total * beats
+            bound = min(1.0, O * beats / (latency + beats + 8)) \
+                * data_beats / (data_beats + latency + 8)
             fig["littles_law_bound"] = bound
             figures.append(fig)
     with open("embag_perf.json", "w") as f:

@@ -19,6 +19,9 @@ def test_suite_is_the_documented_one():
     assert {r[2] for r in runs} == {0, 100}
     assert {r[1]["m"] for r in runs if r[0] == "gemm"} == {64, 128, 256, 512}
     assert len(bench.suite(quick=True)) < len(runs)
+    # About 8K lookups per embedding-bag run, at most 1,024 bags.
+    assert {(r[1]["pooling"], r[1]["bags"]) for r in runs if r[0] == "embedding_bag"} == \
+        {(1, 1024), (20, 409), (128, 64)}
 
 
 def test_targets_table_and_plots(tmp_path):

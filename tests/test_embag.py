@@ -470,7 +470,7 @@ def test_embag_bandwidth_outstanding_64(preset):
         # The brief's target: >= 90% of the bus at 100 cycles of latency once `outstanding`
         # covers it, i.e. for rows of several beats (64 one-beat rows per 109-cycle round trip
         # cannot exceed 0.59; the cocotb test checks those against Little's law).
-        if fig["latency"] == 100 and fig["littles_law_bound"] == 1.0:
+        if fig["latency"] == 100 and fig["dim"] > cfg.bus_bytes:
             assert fig["fraction_of_bus"] >= 0.9, fig
 
 

@@ -22,7 +22,8 @@ from sim.runner import VEXRISCV_VLT, build_rtl, run_cocotb
 
 TOP_TESTS = ["registers", "random_gemms", "multi_block_gemm", "requant_corners",
              "error_and_recovery", "queue_pacing", "perf_counters", "firmware_boot",
-             "irq_status_read", "dma_field_overflow", "soft_reset_dma_in_flight", "double_signal",
+             "irq_status_read", "dma_field_overflow", "store_blocks", "soft_reset_dma_in_flight",
+             "double_signal",
              "firmware_gemms", "firmware_vs_host", "firmware_errors"]
 
 def build_top_rtl(cfg):
@@ -97,14 +98,18 @@ class PlanModel:
         a = f["args"]
         if cmd.queue in (0, 1):
             dram, sram, rows, row_bytes, dstride, sstride = a
+            blocks = 1
+            if cmd.queue == 1:      # a multi-block store: rows | (blocks - 1) << 16
+                rows, blocks = rows & 0xFFFF, (rows >> 16) + 1
+            # Block t: from sram + t·rows·sstride to dram + t·row_bytes.
+            spans = [(dram + t * row_bytes + r * dstride, sram + (t * rows + r) * sstride)
+                     for t in range(blocks) for r in range(rows)]
             words = set()
-            for r in range(rows):
-                s0 = sram + r * sstride
+            for _, s0 in spans:
                 words.update(range(s0 // W, (s0 + row_bytes - 1) // W + 1))
             self._touch(cmd, words, "w" if cmd.queue == 0 else "r")
             flat = self.sram.reshape(-1)
-            for r in range(rows):
-                d0, s0 = dram + r * dstride, sram + r * sstride
+            for d0, s0 in spans:
                 if cmd.queue == 0:
                     flat[s0:s0 + row_bytes] = self.dram[d0:d0 + row_bytes]
                 else:
@@ -285,6 +290,16 @@ def test_plan_commands_and_limits():
     got = sorted((s["args"][0] - 0x1000, s["args"][2], s["args"][3]) for s in stores)
     assert got == [(0, 2, 2), (2, 2, 1), (6, 2, 2), (8, 2, 1), (12, 1, 2), (14, 1, 1)]
     assert all(s["args"][4] == 3 and s["args"][5] == W for s in stores)
+    # A row of full tiles is one multi-block store (word 2: rows | (blocks - 1) << 16); its
+    # clipped last tile and a row of tiles clipped at M go one tile per store. 5×5 INT8.
+    plan5 = H.plan_gemm(cfg, 5, 3, 5, a_addr=0, b_addr=0x100, p_addr=0x200, c_addr=0x1000,
+                        raw=False)
+    stores5 = [H.decode_command(c.words)["args"] for c in plan5.commands if c.queue == 1]
+    assert plan5.mb == 3 and plan5.nb == 3, (plan5.mb, plan5.nb)
+    assert [(s[0] - 0x1000, s[1] // W - 4 * d, s[2], s[3]) for s in stores5] == [
+        (0, 0 * R, 2 | 1 << 16, 2), (4, 2 * R, 2, 1),        # tile row 0: tiles 0-1, tile 2
+        (10, 3 * R, 2 | 1 << 16, 2), (14, 5 * R, 2, 1),      # tile row 1
+        (20, 6 * R, 1, 2), (22, 7 * R, 1, 2), (24, 8 * R, 1, 1)]     # row 2 (1 row): per tile
     ids = [c.id for c in plan.commands]
     assert ids == list(range(7, 7 + len(ids)))
     # Block limits: every block fits a bank, and the GEMM fields.

@@ -379,7 +379,10 @@ def test_device_embedding_bag():
     np.testing.assert_array_equal(got, want)
     s = dev.last_stats
     assert s["bags"] == 4 and s["bytes_gathered"] == 30 * 7 and s["bus_bytes_per_cycle"] == 8
-    assert s["bandwidth_utilization"] == pytest.approx(30 * 7 / (s["cycles"] * 8))
+    assert s["gather_utilization"] == pytest.approx(30 * 7 / (s["cycles"] * 8))
+    # Lists: 4 lengths (two 8-byte words) and 30 indices (15 words), in one segment.
+    assert s["list_bytes"] == 16 + 120
+    assert s["bandwidth_utilization"] == pytest.approx((30 * 7 + 136) / (s["cycles"] * 8))
     assert 0 < s["engines"]["embag"]["busy"] <= s["cycles"]
 
     t2 = rng.integers(-128, 128, (20, 3)).astype(np.int8)
@@ -424,8 +427,13 @@ def test_cli_embedding_bag():
     report = json.loads(r.stdout.strip().splitlines()[-1])
     assert report["ok"] is True and report["mismatches"] == 0
     assert report["bytes_gathered"] == 32 * 20 * 64 and report["bus_bytes_per_cycle"] == 8
-    assert report["bandwidth_utilization"] == pytest.approx(
+    assert report["gather_utilization"] == pytest.approx(
         report["bytes_gathered"] / (report["cycles"] * 8), abs=1e-4)
+    # Lengths and indices, each list padded to an 8-byte word in every segment.
+    lists = 32 * 4 + 32 * 20 * 4
+    assert lists <= report["list_bytes"] <= lists + 2 * 8 * report["segments"]
+    assert report["bandwidth_utilization"] == pytest.approx(
+        (report["bytes_gathered"] + report["list_bytes"]) / (report["cycles"] * 8), abs=1e-4)
     assert report["bytes_per_cycle"] == pytest.approx(report["bytes_gathered"] / report["cycles"],
                                                       abs=1e-4)
     print(r.stdout.strip().splitlines()[-1])
@@ -492,8 +500,9 @@ def test_cli_embedding_bag_mismatch(monkeypatch, capsys):
         out = GE.ref_embedding_bag(table, indices, kw["offsets"]).copy()
         out[1, 0] += 1
         self.last_stats = {"cycles": 10, "engine_cycles": 5, "bytes_gathered": 8,
-                           "bytes_per_cycle": 0.8, "bus_bytes_per_cycle": 8,
-                           "bandwidth_utilization": 0.1, "engine_bandwidth_utilization": 0.2,
+                           "list_bytes": 16, "bytes_per_cycle": 0.8, "bus_bytes_per_cycle": 8,
+                           "bandwidth_utilization": 0.3, "gather_utilization": 0.1,
+                           "engine_bandwidth_utilization": 0.2,
                            "plan": {"segments": 1, "commands": [1, 1, 0, 2]}, "engines": {},
                            "sim_seconds": 0.0, "output": "int32"}
         return out
