@@ -170,7 +170,8 @@ def _describe(spec):
 def table(stats):
     """The per-layer table (Markdown)."""
     total = sum(s["cycles"] for s in stats)
-    lines = ["| layer | kind | shape | cycles | share | utilisation | bandwidth util. | bit-exact |",
+    lines = ["| layer | kind | shape | cycles | share | utilisation | bandwidth util. "
+             "| bit-exact |",
              "|---|---|---|---|---|---|---|---|"]
     for s in stats:
         if s["kind"] == "gemm":
@@ -178,7 +179,8 @@ def table(stats):
             util, bw = f"{s['utilization']:.3f}", ""
         else:
             kind = f"TBE, {s['tables']} tables"
-            shape = f"{s['shape'][0]} bags, {s['indices']} rows → {s['shape'][0]}×{s['shape'][1]}"
+            shape = (f"{s['shape'][0]} bags, {s['indices']} rows → "
+                     f"{s['shape'][0]}×{s['shape'][1]}")
             util, bw = "", f"{s['bandwidth_utilization']:.3f}"
         exact = {True: "yes", False: "NO", None: ""}[s.get("bit_exact")]
         lines.append(f"| {s['name']} | {kind} | {shape} | {s['cycles']:,} | "
@@ -209,13 +211,13 @@ def run(spec, preset="default", *, driver="firmware", dram_latency=None, out=Non
         devices[0].build()
     say(f"model: {_describe(spec)}; seed {spec.seed}")
 
-    def progress(i, n, name, what, out=None):
+    def progress(i, n, name, what, result=None):
         if isinstance(what, str):
             say(f"[{i}/{n}] {name:12} {what} ...", end=" ")
             return
         metric = (f"utilisation {what['utilization']:.3f}" if what["kind"] == "gemm"
                   else f"bandwidth utilisation {what['bandwidth_utilization']:.3f}")
-        exact = out is not None and np.array_equal(out, ref[name])
+        exact = result is not None and np.array_equal(result, ref[name])
         sec = what.get("sim_seconds")
         say(f"{what['cycles']:,} cycles, {metric}, {'bit-exact' if exact else 'MISMATCH'}"
             + (f" ({sec:.1f} s)" if sec is not None else ""))

@@ -6,7 +6,6 @@ catch. ``test_demo_small_tiny`` is the reduced demo on the Verilator model (``ma
 ``test_demo_default`` is ``make demo`` itself (``slow``).
 """
 
-import dataclasses
 import json
 import os
 import random
