@@ -12,13 +12,14 @@ PART   ?= top
 # pytest-xdist workers for the regressions.
 JOBS   ?= auto
 
-.PHONY: help venv sim test test-slow bench verilog lint firmware clean distclean
+.PHONY: help venv sim test test-slow bench demo verilog lint firmware clean distclean
 
 help:
 	@echo "make sim                  cocotb regression on Verilator (tiny and default presets)"
 	@echo "make test                 everything CI runs: unit tests, Verilog + lint, cocotb regression"
 	@echo "make test-slow            the long runs left out of 'make test'"
 	@echo "make bench                benchmark suite (default preset): build/bench.{json,md,png}"
+	@echo "make demo                 a DLRM-style model end to end on the default preset: build/demo.json"
 	@echo "make verilog CONFIG=p     write build/ember_<p>.v for preset p (default: tiny)"
 	@echo "make lint CONFIG=p        verilator --lint-only -Wall on it, with the documented waivers"
 	@echo "make synth CONFIG=p       ECP5-85F synthesis + place and route: build/synth_<p>.json (default: small)"
@@ -44,6 +45,10 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m sim.bench $(BENCH_ARGS)
+
+# DEMO_ARGS: e.g. "--driver host", "--preset tiny --model small", "--dram-latency 100".
+demo: $(STAMP)
+	$(PY) -m sim.demo $(DEMO_ARGS)
 
 verilog: $(STAMP)
 	$(PY) -m sim verilog --config $(CONFIG) --part $(PART)

@@ -14,6 +14,7 @@ embedding-bag      run an embedding-bag job (nn.EmbeddingBag / SparseLengthsSum,
                    bytes_gathered, list_bytes, bytes_per_cycle, bus_bytes_per_cycle,
                    bandwidth_utilization (table rows and lists read), gather_utilization (table
                    rows only), ...)
+demo               the DLRM-style model end to end (``sim.demo``; ``make demo``)
 """
 
 import argparse
@@ -337,6 +338,10 @@ def _one_line_errors(parser):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["demo"]:                 # its own parser: python -m sim demo --help
+        from sim.demo import main as demo_main
+        return demo_main(argv[1:], prog="python -m sim demo")
     parser = argparse.ArgumentParser(prog="python -m sim", description="Ember command line")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("presets", help="list the presets").set_defaults(func=cmd_presets)
@@ -351,6 +356,7 @@ def main(argv=None):
     p = sub.add_parser("regmap", help="print the register map or write fw/ember_regs.h")
     p.add_argument("--c", action="store_true", help="write fw/ember_regs.h")
     p.set_defaults(func=cmd_regmap)
+    sub.add_parser("demo", help="the DLRM-style model end to end (python -m sim demo --help)")
     p = _one_line_errors(sub.add_parser(
         "gemm", help="run a GEMM on the simulated accelerator and check it",
         description="Run C = A·B (INT8 operands) on the Verilator model of the whole "
