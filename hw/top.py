@@ -52,6 +52,22 @@ Nor are the embedding-bag engine and its arbiter reset: ``SOFT_RESET`` cancels t
 (it stops issuing gathers, waits for those in flight and completes), and ``EmbagCommands``
 discards that completion.
 
+Faults
+------
+Every fault ends in the command processor's sticky ``ERR_CODE``/``ERR_ID``/``ERR_QUEUE`` and
+the interrupt (``IRQ_STATUS.ERROR``); issue stops until ``SOFT_RESET``.
+
+- DRAM windows: ``DRAM_RD_BASE``/``DRAM_RD_LIMIT`` bound every DMA load *and* every
+  embedding-bag gather (they share the load path), ``DRAM_WR_BASE``/``DRAM_WR_LIMIT`` every
+  store. Only the host writes them (firmware reads them), ``SOFT_RESET`` keeps them, and after
+  reset they allow the whole address space. A descriptor outside its window is refused by the
+  DMA before any beat (DMA error 5: ``ERR_CODE`` 0x15 on queue 0 or 1, 0x1D on queue 3 for a
+  gather).
+- Watchdog (``hw/watchdog.py``): with ``WATCHDOG`` = n > 0, an engine that holds a command for n
+  cycles without progress raises ``ERR_CODE`` 0x04 with that command's id and queue. Progress is
+  a completion of that queue or: loads, an AXI R beat; stores, a W beat or a B response; GEMM, an
+  array step or a result write; embedding bags, an R beat or an output write.
+
 Argument words wider than their descriptor fields (e.g. a scratchpad address beyond the
 scratchpad) make the DMA command malformed (engine error 4) rather than wrapping.
 """
@@ -63,13 +79,14 @@ from amaranth.lib.wiring import In, Out
 from . import regmap
 from .axi import axi4_signature
 from .axil import AXILiteToWishbone, axil_signature
-from .cmdproc import CommandProcessor
+from .cmdproc import ERR_WATCHDOG, CommandProcessor
 from .config import EmberConfig
 from .cpu import ControlCore, DEFAULT_IMEM_SIZE
 from .dma import DMA
 from .embag import EmbagCommands, EmbeddingBagEngine, GatherArbiter, embag_params
 from .gemm import GemmEngine
 from .regs import Registers
+from .watchdog import Watchdog
 from .sram import Scratchpad
 
 __all__ = ["Ember", "build_top"]
@@ -124,7 +141,8 @@ class Ember(wiring.Component):
         dma = DMA(data_bytes=cfg.bus_bytes, addr_width=cfg.axi_addr_width,
                   id_width=cfg.axi_id_width, outstanding=cfg.dma_outstanding,
                   max_burst=cfg.dma_max_burst, sram_addr_width=sram_aw,
-                  sram_words=cfg.sram_banks * cfg.sram_depth, tag_width=TAG_WIDTH + 1)
+                  sram_words=cfg.sram_banks * cfg.sram_depth, tag_width=TAG_WIDTH + 1,
+                  windows=True)
         gemm = GemmEngine(rows=cfg.pe_rows, cols=cfg.pe_cols, lanes=cfg.pe_lanes,
                           data_bytes=cfg.bus_bytes, addr_width=sram_aw,
                           tag_width=TAG_WIDTH)
@@ -250,6 +268,35 @@ class Ember(wiring.Component):
             regs.embag_err_bag.eq(embag.error_bag),
             regs.embag_err_pos.eq(embag.error_pos),
         ]
+
+        # DRAM windows (host registers) → DMA.
+        # The registers are 32 bits; with a wider AXI address a limit of 0xFFFF_FFFF means no
+        # upper limit at all.
+        top = (1 << cfg.axi_addr_width) - 1
+        for name in ("rd_base", "rd_limit", "wr_base", "wr_limit"):
+            reg = getattr(regs, f"dram_{name}")
+            if "limit" in name:
+                reg = Mux(reg == 0xFFFF_FFFF, top, reg)
+            m.d.comb += getattr(dma, name).eq(reg)
+
+        # Watchdog: what counts as progress for each queue's engine.
+        m.submodules.watchdog = wd = Watchdog(queues=len(queues), code=ERR_WATCHDOG)
+        r_beat = self.axi.rvalid & self.axi.rready
+        w_beat = self.axi.wvalid & self.axi.wready
+        b_resp = self.axi.bvalid & self.axi.bready
+        progress = (r_beat, w_beat | b_resp,
+                    gemm.step | (gemm.c_wr.req.valid & gemm.c_wr.req.ready),
+                    r_beat | (embag.out_wr.req.valid & embag.out_wr.req.ready))
+        for q, p in enumerate(progress):
+            m.d.comb += wd.progress[q].eq(p | cp.engines[q].done.valid)
+        m.d.comb += [
+            wd.busy.eq(cp.busy),
+            wd.head_id.eq(cp.head_id),
+            wd.limit.eq(regs.watchdog),
+            wd.halt.eq(cp.error != 0),
+            wd.clear.eq(regs.soft_reset),
+        ]
+        wiring.connect(m, wd.error, cp.ext_error)
 
         # Scratchpad clients (ports in this order; new clients go at the end).
         sram_clients = (dma.sram_wr, dma.sram_rd, gemm.a_rd, gemm.b_rd, gemm.c_wr, gemm.p_rd,
