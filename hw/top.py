@@ -44,8 +44,11 @@ Scratchpad ports: 0 DMA write (loads), 1 DMA read (stores), 2 GEMM A, 3 GEMM B, 
 5 GEMM parameters, 6 GEMM partial sums, 7 embedding-bag lists, 8 embedding-bag ring reads,
 9 embedding-bag outputs.
 
-``CTRL.SOFT_RESET`` clears the command processor and resets the GEMM engine and the scratchpad's
-arbiters (the scratchpad keeps its contents). The DMA is not reset, because AXI gives no way to
+``CTRL.SOFT_RESET`` clears the command processor and resets the GEMM engine (the responses to
+its scratchpad reads still in flight are dropped). The scratchpad is not reset: it keeps its
+contents, and every read granted to the DMA or the embedding-bag engine gets its response (a
+reset scratchpad used to lose them, and a soft reset in the middle of an embedding-bag job could
+leave the engine waiting forever). The DMA is not reset, because AXI gives no way to
 abandon transactions in flight. It finishes the descriptors it already holds (they complete in
 order, before anything issued after the reset), and their completions are discarded.
 Nor are the embedding-bag engine and its arbiter reset: ``SOFT_RESET`` cancels the engine's job
@@ -304,9 +307,25 @@ class Ember(wiring.Component):
         sram = Scratchpad(banks=cfg.sram_banks, depth=cfg.sram_depth,
                           data_bytes=cfg.bus_bytes, ports=len(sram_clients))
         assert sram.addr_width == sram_aw
-        m.submodules.sram = ResetInserter(regs.soft_reset)(sram)
+        # The scratchpad is not reset by SOFT_RESET: the DMA and the embedding-bag engine, which
+        # are not reset either, count on the response of every read they were granted (a lost
+        # response left them waiting forever). Only the GEMM engine is reset; the responses to
+        # its reads still in flight then (READ_LATENCY cycles) are dropped instead.
+        m.submodules.sram = sram
+        gemm_clients = (gemm.a_rd, gemm.b_rd, gemm.c_wr, gemm.p_rd, gemm.d_rd)
+        drop = Signal(range(Scratchpad.READ_LATENCY + 1))
+        with m.If(regs.soft_reset):
+            m.d.sync += drop.eq(Scratchpad.READ_LATENCY)
+        with m.Elif(drop != 0):
+            m.d.sync += drop.eq(drop - 1)
         for port, client in enumerate(sram_clients):
-            wiring.connect(m, client, sram.ports[port])
+            if any(client is c for c in gemm_clients):
+                sp = sram.ports[port]
+                wiring.connect(m, client.req, sp.req)
+                m.d.comb += [client.rsp.valid.eq(sp.rsp.valid & (drop == 0)),
+                             client.rsp.data.eq(sp.rsp.data)]
+            else:
+                wiring.connect(m, client, sram.ports[port])
 
         # DRAM.
         wiring.connect(m, dma.axi, wiring.flipped(self.axi))

@@ -357,8 +357,9 @@ def choose_fault_context(ft, job, fault):
     """Parameters of ``fault`` for ``job``: a window, a faulty DRAM region, a bad command, a
     position in the plan, a delay."""
     rng, D, cfg = ft.rng, ft.D, ft.cfg
+    # A hang begins early enough to catch the job's transfers; a reset anywhere in it.
     ctx = {"at": int(rng.integers(0, len(job.commands) + 1)),
-           "delay": int(rng.integers(20, 600))}
+           "delay": int(rng.integers(0, 150 if fault.startswith("hang") else 600))}
 
     def beat(x):
         return x // D * D
@@ -459,7 +460,7 @@ async def run_job(ft, job, fault, ctx=None, *, budget=300_000):
                     row_bytes=1, wait=15).words)
             await ClockCycles(ft.dut.clk, 10)
         if fault == "reset":
-            n = int(ft.rng.integers(1, len(commands) + 1))
+            n = ctx.get("prefix") or int(ft.rng.integers(1, len(commands) + 1))
             await drv.push_all(commands[:n])
             await ClockCycles(ft.dut.clk, ctx["delay"])
             await drv.soft_reset()
@@ -731,7 +732,27 @@ async def fault_soft_reset(dut):
     """SOFT_RESET in the middle of GEMM and embedding-bag jobs (after a random part of the plan
     and a random delay): the DRAM outside the output is untouched, and the next job is correct
     (a completion of the interrupted job is never taken for one of the next)."""
-    await directed(dut, [(k, "reset") for k in ("gemm", "embag")] * 3, latency=(0, 40))
+    ft, _ = await directed(dut, [(k, "reset") for k in ("gemm", "embag")] * 3,
+                           latency=(0, 40))
+    # A sweep of the reset's moment over whole jobs (all commands pushed): every read the DMA
+    # or the embedding-bag engine was granted must still be answered (the scratchpad used to
+    # be reset too, and a soft reset could then leave the embedding-bag engine waiting
+    # forever: the watchdog caught it in the chaos run).
+    ft.set_traffic((20, 100), 0.3)
+    for kind in ("embag", "gemm"):
+        for delay in range(0, 1200, 23):
+            job = gemm_job_prep(ft.tb, ft.rng) if kind == "gemm" else \
+                embag_job_prep(ft.tb, ft.rng)
+            ctx = choose_fault_context(ft, job, "reset")
+            ctx.update(delay=delay, prefix=len(job.commands))
+            out, _, _ = await run_job(ft, job, "reset", ctx)
+            assert out.status == "reset", f"{job.desc}, reset after {delay}: {out.detail}"
+            job = gemm_job_prep(ft.tb, ft.rng) if kind == "gemm" else \
+                embag_job_prep(ft.tb, ft.rng)
+            out, _, err = await run_job(ft, job, "none")
+            assert out.status == "ok", \
+                f"{job.desc} after a reset {delay} cycles into a job: {out.status} {err} " \
+                f"{out.detail} (seed {ft.tb.seed})"
 
 
 # -- chaos ----------------------------------------------------------------------------------------

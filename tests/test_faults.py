@@ -51,7 +51,7 @@ def _chaos(jobs):
 @pytest.mark.rtl
 def test_chaos_short():
     """The chaos regression, shortened for ``make test`` (``make chaos`` runs it in full)."""
-    _chaos(int(os.environ.get("EMBER_CHAOS_JOBS", "24")))
+    _chaos(40)
 
 
 @pytest.mark.rtl
@@ -223,3 +223,49 @@ def test_watchdog_timing():
 def test_error_descriptions(code, queue, text):
     e = H.EmberHardwareError(code, 0x1234, queue)
     assert text in str(e) and "command id 4660" in str(e) and f"{code:#04x}" in str(e)
+
+
+# -- the CLIs: one-line errors for bad arguments and files -------------------------------------
+
+def _cli(kind, *args, cwd):
+    import subprocess
+    import sys
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "sim", kind, *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("kind, args, match", [
+    ("gemm", ["--m", "2", "--k", "2", "--n", "2", "--seed", "-1"], "--seed must be a non-neg"),
+    ("embedding-bag", ["--rows", "5", "--dim", "2", "--bags", "1", "--pooling", "1", "--seed",
+                       "-3"], "--seed must be a non-negative integer, not -3"),
+    ("gemm", ["--m", "2", "--k", "2", "--n", "2", "--out", "/nonexistent/dir/c.npy"],
+     "--out /nonexistent/dir/c.npy: directory /nonexistent/dir does not exist"),
+    ("embedding-bag", ["--rows", "5", "--dim", "2", "--bags", "1", "--pooling", "1", "--out",
+                       "/nonexistent/y.npy"], "directory /nonexistent does not exist"),
+    ("gemm", ["--a", "garbage.npy", "--b", "a.npy"], "--a garbage.npy"),
+    ("gemm", ["--a", "f32.npy", "--b", "a.npy"], "a must have dtype int8, not float32"),
+    ("gemm", ["--a", "z.npz", "--b", "a.npy"], "a must be a numpy array, not NpzFile"),
+    ("gemm", ["--a", "scalar.npy", "--b", "a.npy"], "a must be 2-D"),
+    ("gemm", ["--a", "a.npy", "--b", "."], "--b ."),
+    ("embedding-bag", ["--table", "a.npy", "--indices", "f32.npy", "--offsets", "off.npy"],
+     "indices must"),
+    ("embedding-bag", ["--table", "z.npz", "--indices", "idx.npy", "--offsets", "off.npy"],
+     "table must be a numpy array, not NpzFile"),
+    ("embedding-bag", ["--table", "a.npy", "--indices", "idx.npy", "--offsets", "off.npy",
+                       "--weights", "garbage.npy"], "--weights garbage.npy"),
+])
+def test_cli_bad_input_one_line(tmp_path, kind, args, match):
+    """Bad arguments and bad files: exit code non-zero and one line on stderr that names the
+    argument, never a traceback, and no simulation."""
+    np.save(tmp_path / "a.npy", np.zeros((3, 4), np.int8))
+    np.save(tmp_path / "f32.npy", np.zeros((3, 4), np.float32))
+    np.save(tmp_path / "scalar.npy", np.int8(3))
+    np.save(tmp_path / "idx.npy", np.array([0, 1, 2], np.int64))
+    np.save(tmp_path / "off.npy", np.array([0, 2], np.int64))
+    np.savez(tmp_path / "z.npz", a=np.zeros(3))
+    (tmp_path / "garbage.npy").write_text("not an array")
+    r = _cli(kind, *args, cwd=tmp_path)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert len(lines) == 1 and match in lines[0], r.stderr
