@@ -49,6 +49,7 @@ FAULTS = {
     "header": ("gemm", "embag"),           # a malformed header (wait == wait2), mid-plan
     "dma_malformed": ("gemm", "embag"),    # a DMA descriptor with rows = 0, mid-plan
     "sram_range": ("gemm", "embag"),       # a DMA descriptor beyond the scratchpad, mid-plan
+    "gemm_malformed": ("gemm", "embag"),   # a GEMM command with 0 steps or tiles, mid-plan
     "overflow": ("gemm", "embag"),         # nine unpaced pushes into a blocked queue
     "rd_window": ("gemm", "embag"),        # the read window excludes part of an input
     "wr_window": ("gemm", "embag"),        # the write window excludes part of the output
@@ -313,6 +314,8 @@ def predict(ft, job, fault, ctx):
         return Expect(0x01 if fault == "opcode" else 0x02, BAD_ID, 0)
     if fault in ("dma_malformed", "sram_range"):
         return Expect(0x14 if fault == "dma_malformed" else 0x13, BAD_ID, ctx["bad"].queue)
+    if fault == "gemm_malformed":
+        return Expect(0x11, BAD_ID, 2)
     if fault == "overflow":
         return Expect(0x03, BAD_ID + 8, 1)
     if fault in ("hang_r", "hang_b"):
@@ -396,6 +399,12 @@ def choose_fault_context(ft, job, fault):
         kind = ["load", "store"][int(rng.integers(0, 2))]
         ctx["bad"] = H.dma_command(kind, BAD_ID, dram_addr=job.out[0], sram_addr=0,
                                    rows=0, row_bytes=D)
+    elif fault == "gemm_malformed":
+        zero = ["steps", "m_tiles", "n_tiles"][int(rng.integers(0, 3))]
+        fields = dict(steps=3, m_tiles=1, n_tiles=1)
+        fields[zero] = 0
+        ctx["bad"] = H.gemm_command(BAD_ID, a_addr=0, b_addr=0, c_addr=0, p_addr=0, raw=True,
+                                    **fields)
     elif fault == "opcode":
         op = int(rng.choice([0, 5, 6, 17, 63]))
         ctx["bad"] = H.Command(0, H.command_words(op, BAD_ID, (0,) * 6), f"opcode {op}")
@@ -573,11 +582,13 @@ async def directed(dut, cases, *, latency=(0, 10), pause=0.2):
 
 @cocotb.test()
 async def fault_commands(dut):
-    """Illegal opcodes and malformed headers (ERR_CODE 0x01, 0x02, queue 0) and malformed DMA
-    descriptors (rows = 0: 0x14 on the load or store queue), each pushed in the middle of a
-    GEMM or embedding-bag plan, with the command's id; a POOL before any TABLE (0x13, queue 3).
-    Each is followed by SOFT_RESET and a correct job."""
-    cases = [(k, f) for f in ("opcode", "header", "dma_malformed") for k in ("gemm", "embag")]
+    """Illegal opcodes and malformed headers (ERR_CODE 0x01, 0x02, queue 0), malformed DMA
+    descriptors (rows = 0: 0x14 on the load or store queue) and GEMM commands (0 steps or
+    tiles: 0x11, queue 2), each pushed in the middle of a GEMM or embedding-bag plan, with the
+    command's id; a POOL before any TABLE (0x13, queue 3). Each is followed by SOFT_RESET and a
+    correct job."""
+    cases = [(k, f) for f in ("opcode", "header", "dma_malformed", "gemm_malformed")
+             for k in ("gemm", "embag")]
     ft, _ = await directed(dut, cases)
     tb = ft.tb
     await tb.driver.soft_reset()       # forgets the last job's TABLE
