@@ -128,14 +128,14 @@ def embag_job_prep(tb, rng, *, max_bags=12, bad_index=False):
         weights = None
         mode = "sum" if rng.random() < 0.5 else "mean"
     requant = [random_requant(rng) for _ in range(n)] if rng.random() < 0.4 else None
+    used = [t for t in range(n) if len(indices[t])]
+    if not used:                # at least one gather, for the faults that need one
+        lengths[0][0] = 1
+        indices[0] = np.array([int(rng.integers(0, tables[0].shape[0]))], np.int64)
+        if weights is not None:
+            weights[0] = np.array([1], np.int8)
+        used = [0]
     if bad_index:
-        used = [t for t in range(n) if len(indices[t])]
-        if not used:
-            lengths[0][0] = 1
-            indices[0] = np.array([0], np.int64)
-            if weights is not None:
-                weights[0] = np.array([1], np.int8)
-            used = [0]
         t = int(rng.choice(used))
         k = int(rng.integers(0, len(indices[t])))
         indices[t][k] = int(rng.choice([tables[t].shape[0], -1, 2**31 - 1,
