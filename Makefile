@@ -12,12 +12,13 @@ PART   ?= top
 # pytest-xdist workers for the regressions.
 JOBS   ?= auto
 
-.PHONY: help venv sim test test-slow bench demo verilog lint firmware clean distclean
+.PHONY: help venv sim test test-slow chaos bench demo verilog lint firmware clean distclean
 
 help:
 	@echo "make sim                  cocotb regression on Verilator (tiny and default presets)"
 	@echo "make test                 everything CI runs: unit tests, Verilog + lint, cocotb regression"
 	@echo "make test-slow            the long runs left out of 'make test'"
+	@echo "make chaos                the full chaos regression (faults, resets): build/chaos.json"
 	@echo "make bench                benchmark suite (default preset): build/bench.{json,md,png}"
 	@echo "make demo                 a DLRM-style model end to end on the default preset: build/demo.json"
 	@echo "make verilog CONFIG=p     write build/ember_<p>.v for preset p (default: tiny)"
@@ -42,6 +43,12 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -n $(JOBS) -m "slow"
+
+# The full chaos regression (sim/tb_faults.py): CHAOS_JOBS random jobs with faults and resets;
+# `make test` runs a shortened one. EMBER_SEED=n replays a run.
+CHAOS_JOBS ?= 500
+chaos: $(STAMP)
+	EMBER_CHAOS_JOBS=$(CHAOS_JOBS) $(PY) -m pytest -s -m slow tests/test_faults.py::test_chaos_full
 
 bench: $(STAMP)
 	$(PY) -m sim.bench $(BENCH_ARGS)

@@ -38,6 +38,8 @@ code    cause
 0x01    illegal opcode (no queue has it)
 0x02    malformed header (semaphore index out of range, or ``wait == wait2``)
 0x03    queue overflow (push into a full queue; the command is dropped)
+0x04    watchdog (``ext_error`` from outside, e.g. ``hw/watchdog.py``: an engine made no
+        progress on its oldest command, whose id is ``head_id``)
 0x10+e  engine error ``e`` reported by the engine's completion
 ======  =====================================================================
 
@@ -50,7 +52,8 @@ from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 __all__ = ["CMD_WORDS", "N_SEMS", "SEM_NONE", "cmd_layout", "header_layout", "done_layout",
-           "CommandProcessor", "ERR_OPCODE", "ERR_MALFORMED", "ERR_OVERFLOW", "ERR_ENGINE"]
+           "CommandProcessor", "ERR_OPCODE", "ERR_MALFORMED", "ERR_OVERFLOW", "ERR_WATCHDOG",
+           "ERR_ENGINE"]
 
 CMD_WORDS = 8
 N_SEMS = 16
@@ -59,6 +62,7 @@ SEM_NONE = 31
 ERR_OPCODE = 0x01
 ERR_MALFORMED = 0x02
 ERR_OVERFLOW = 0x03
+ERR_WATCHDOG = 0x04
 ERR_ENGINE = 0x10
 
 header_layout = data.StructLayout({"opcode": 6, "wait": 5, "signal": 5, "id": 16,
@@ -105,6 +109,10 @@ class CommandProcessor(wiring.Component):
         Sticky error code (0 = none), id of the faulting command and its queue.
     irq : Out(1)
         High while an error is held.
+    head_id : Out(ArrayLayout(16, queues))
+        Per queue, the id of the oldest command its engine holds (valid while ``busy``).
+    ext_error : In(Signature(valid, code, id, queue))
+        An error raised outside (the watchdog); any other error of the same cycle wins.
     """
 
     def __init__(self, *, opcodes, depth=8, inflight=4):
@@ -138,6 +146,9 @@ class CommandProcessor(wiring.Component):
             "error_id": Out(16),
             "error_queue": Out(4),
             "irq": Out(1),
+            "head_id": Out(data.ArrayLayout(16, nq)),
+            "ext_error": In(wiring.Signature({"valid": Out(1), "code": Out(8), "id": Out(16),
+                                              "queue": Out(4)})),
         })
 
     def elaborate(self, platform):
@@ -150,6 +161,9 @@ class CommandProcessor(wiring.Component):
         new_err = Signal(8)
         new_err_id = Signal(16)
         new_err_q = Signal(4)
+        with m.If(self.ext_error.valid):
+            m.d.comb += [new_err.eq(self.ext_error.code), new_err_id.eq(self.ext_error.id),
+                         new_err_q.eq(self.ext_error.queue)]
 
         # Push: route by opcode, check the header, detect overflow.
         head = self.push.payload.header
@@ -238,6 +252,7 @@ class CommandProcessor(wiring.Component):
                                  new_err_id.eq(cid), new_err_q.eq(q)]
             m.d.comb += [
                 self.busy[q].eq(track.r_rdy),
+                self.head_id[q].eq(cid),
                 self.pending[q].eq(queue.level + track.level),
             ]
 

@@ -34,9 +34,14 @@ Completion: ``tag`` (``tag_width``) and ``error`` (3 bits):
 - 1 ``ERR_SLVERR``: some beat (load) or burst (store) had an AXI SLVERR response;
 - 2 ``ERR_DECERR``: the same with DECERR (the first error of a descriptor is reported);
 - 3 ``ERR_RANGE``: some byte of the scratchpad side lies at or beyond ``sram_words·data_bytes``;
-- 4 ``ERR_MALFORMED``: ``rows == 0`` or ``row_bytes == 0``.
+- 4 ``ERR_MALFORMED``: ``rows == 0`` or ``row_bytes == 0``;
+- 5 ``ERR_WINDOW`` (only with ``windows=True``): some byte of the DRAM side lies outside the
+  direction's DRAM window (``rd_base..rd_limit`` for loads, ``wr_base..wr_limit`` for stores,
+  inclusive). ``dram_stride`` is taken as signed here, and the rows' whole span is checked (the
+  first and the last row bound it), so a descriptor that would wrap around the address space
+  is refused too.
 
-Codes 3 and 4 are decided before the descriptor issues anything: such a descriptor performs no
+Codes 3, 4 and 5 are decided before the descriptor issues anything: such a descriptor performs no
 AXI transaction and no scratchpad access at all. After an AXI error every burst already issued
 for the descriptor is drained normally (all R beats and B responses are taken), the remaining rows
 are still transferred on the AXI side, and the next descriptor runs as usual.
@@ -87,7 +92,7 @@ Throughput: one AR/AW per cycle, one R/W beat per cycle, one row per cycle; larg
 at the full bus rate once ``outstanding·max_burst`` beats cover the DRAM latency.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
@@ -96,11 +101,12 @@ from .axi import BURST_INCR, RESP_DECERR, RESP_SLVERR, axi4_signature
 from .sram import sram_port_signature
 
 __all__ = [
-    "DMA", "ERR_OK", "ERR_SLVERR", "ERR_DECERR", "ERR_RANGE", "ERR_MALFORMED", "ERR_WIDTH",
+    "DMA", "ERR_OK", "ERR_SLVERR", "ERR_DECERR", "ERR_RANGE", "ERR_MALFORMED", "ERR_WINDOW",
+    "ERR_WIDTH",
     "ROWS_WIDTH",
 ]
 
-ERR_OK, ERR_SLVERR, ERR_DECERR, ERR_RANGE, ERR_MALFORMED = 0, 1, 2, 3, 4
+ERR_OK, ERR_SLVERR, ERR_DECERR, ERR_RANGE, ERR_MALFORMED, ERR_WINDOW = 0, 1, 2, 3, 4, 5
 ERR_WIDTH = 3
 ROWS_WIDTH = 16
 # Scratchpad words of read data the store path may have requested and not yet consumed.
@@ -146,6 +152,9 @@ class _Front(wiring.Component):
         The descriptor layout (:meth:`DMA.make_descriptor_layout`).
     sram_limit : int
         Scratchpad bytes: a descriptor touching a byte at or beyond it is rejected.
+    window : bool
+        Add the ``base``/``limit`` inputs: a descriptor touching a DRAM byte outside
+        ``[base, limit]`` is rejected with ``ERR_WINDOW``.
 
     Members
     -------
@@ -156,17 +165,21 @@ class _Front(wiring.Component):
         descriptor's last row, ``tag``, and ``err`` (nonzero: a rejected descriptor, one entry).
     """
 
-    def __init__(self, *, desc_layout, sram_limit):
+    def __init__(self, *, desc_layout, sram_limit, window=False):
         f = desc_layout.members
         self.sram_limit = sram_limit
+        self.window = window
         self.row_layout = data.StructLayout({
             "dram": f["dram_addr"], "sram": f["sram_addr"], "n": f["row_bytes"],
             "desc_last": 1, "tag": f["tag"], "err": ERR_WIDTH,
         })
-        super().__init__({
+        ports = {
             "desc": In(stream.Signature(desc_layout)),
             "rows": Out(stream.Signature(self.row_layout)),
-        })
+        }
+        if window:
+            ports.update(base=In(f["dram_addr"]), limit=In(f["dram_addr"]))
+        super().__init__(ports)
 
     def elaborate(self, platform):
         m = Module()
@@ -179,7 +192,27 @@ class _Front(wiring.Component):
         q_span = Signal(ROWS_WIDTH + len(q.sram_stride))  # (rows - 1) · sram_stride
         malformed = (q.rows == 0) | (q.row_bytes == 0)
         out_of_range = (q.sram_addr + q_span + q.row_bytes) > self.sram_limit
-        code = Mux(malformed, ERR_MALFORMED, Mux(out_of_range, ERR_RANGE, ERR_OK))
+        outside = Signal()
+        code = Mux(malformed, ERR_MALFORMED,
+                   Mux(out_of_range, ERR_RANGE, Mux(outside, ERR_WINDOW, ERR_OK)))
+        if self.window:
+            # (rows - 1) · dram_stride, the stride signed: the last row's offset from the first.
+            aw = len(q.dram_addr)
+            q_dspan = Signal(signed(ROWS_WIDTH + aw + 1))
+            with m.If(desc.valid & desc.ready):
+                m.d.sync += q_dspan.eq((desc.payload.rows - 1)[:ROWS_WIDTH]
+                                       * desc.payload.dram_stride.as_signed())
+            first = Signal(signed(aw + 2))
+            last = Signal(signed(ROWS_WIDTH + aw + 2))
+            lo = Signal(signed(ROWS_WIDTH + aw + 2))
+            hi = Signal(signed(ROWS_WIDTH + aw + 3))
+            m.d.comb += [
+                first.eq(q.dram_addr),
+                last.eq(first + q_dspan),
+                lo.eq(Mux(q_dspan < 0, last, first)),
+                hi.eq(Mux(q_dspan < 0, first, last) + q.row_bytes - 1),
+                outside.eq((lo < self.base) | (hi > self.limit)),
+            ]
 
         # Stage 2: the row walker.
         busy = Signal()
@@ -381,6 +414,10 @@ class DMA(wiring.Component):
         byte at or beyond ``sram_words·data_bytes`` are rejected with ``ERR_RANGE``.
     tag_width : int
         Width of descriptor tags (1 to 32).
+    windows : bool
+        Check every descriptor against a DRAM window per direction (``ERR_WINDOW``), given by
+        the ``rd_base``/``rd_limit`` and ``wr_base``/``wr_limit`` inputs (default False: no
+        check and no such inputs).
 
     Members
     -------
@@ -398,10 +435,12 @@ class DMA(wiring.Component):
         Scratchpad client port used by stores (reads).
     axi : Out(axi4_signature(addr_width=addr_width, data_bytes=data_bytes, id_width=id_width))
         AXI4 manager port.
+    rd_base, rd_limit, wr_base, wr_limit : In(addr_width)
+        With ``windows``: the inclusive DRAM byte windows of loads and of stores.
     """
 
     def __init__(self, *, data_bytes, addr_width, id_width, outstanding, max_burst,
-                 sram_addr_width, sram_words, tag_width):
+                 sram_addr_width, sram_words, tag_width, windows=False):
         _check_int("data_bytes", data_bytes, 8, 64, pow2=True)
         _check_int("addr_width", addr_width, 32, 64)
         _check_int("id_width", id_width, 1, 16)
@@ -410,6 +449,9 @@ class DMA(wiring.Component):
         _check_int("sram_addr_width", sram_addr_width, 1, 32)
         _check_int("sram_words", sram_words, 1, 1 << sram_addr_width)
         _check_int("tag_width", tag_width, 1, 32)
+        if not isinstance(windows, bool):
+            raise TypeError(f"windows must be a bool, not {windows!r}")
+        self.windows = windows
         self.data_bytes, self.addr_width, self.id_width = data_bytes, addr_width, id_width
         self.outstanding, self.max_burst = outstanding, max_burst
         self.sram_addr_width, self.sram_words, self.tag_width = \
@@ -420,7 +462,7 @@ class DMA(wiring.Component):
             tag_width=tag_width)
         self.done_layout = self.make_done_layout(tag_width=tag_width)
         port = sram_port_signature(addr_width=sram_addr_width, data_bytes=data_bytes)
-        super().__init__({
+        ports = {
             "load": In(stream.Signature(self.descriptor_layout)),
             "store": In(stream.Signature(self.descriptor_layout)),
             "load_done": Out(stream.Signature(self.done_layout)),
@@ -429,7 +471,11 @@ class DMA(wiring.Component):
             "sram_rd": Out(port),
             "axi": Out(axi4_signature(addr_width=addr_width, data_bytes=data_bytes,
                                       id_width=id_width)),
-        })
+        }
+        if windows:
+            ports.update({name: In(addr_width) for name in ("rd_base", "rd_limit", "wr_base",
+                                                             "wr_limit")})
+        super().__init__(ports)
 
     @staticmethod
     def make_descriptor_layout(*, addr_width, sram_addr_width, data_bytes, tag_width):
@@ -511,7 +557,9 @@ class DMA(wiring.Component):
         sram_limit = self.sram_words * self.data_bytes
 
         front = m.submodules.load_front = _Front(desc_layout=self.descriptor_layout,
-                                                 sram_limit=sram_limit)
+                                                 sram_limit=sram_limit, window=self.windows)
+        if self.windows:
+            m.d.comb += [front.base.eq(self.rd_base), front.limit.eq(self.rd_limit)]
         wiring.connect(m, wiring.flipped(self.load), front.desc)
         realign = m.submodules.load_realign = _Realigner(
             data_bytes=self.data_bytes, max_beats=max_beats, word_width=self.sram_addr_width,
@@ -595,7 +643,9 @@ class DMA(wiring.Component):
         page_bits = (4096 // D).bit_length() - 1
 
         front = m.submodules.store_front = _Front(desc_layout=self.descriptor_layout,
-                                                  sram_limit=sram_limit)
+                                                  sram_limit=sram_limit, window=self.windows)
+        if self.windows:
+            m.d.comb += [front.base.eq(self.wr_base), front.limit.eq(self.wr_limit)]
         wiring.connect(m, wiring.flipped(self.store), front.desc)
         realign = m.submodules.store_realign = _Realigner(
             data_bytes=D, max_beats=max_beats, word_width=self.addr_width - k,

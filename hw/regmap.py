@@ -113,6 +113,21 @@ def _regs():
             "embedding-bag engine: bag (within its command) of the last failing command"),
         Reg("EMBAG_ERR_POS", 0x144, "r", "r",
             "embedding-bag engine: position in that bag of the failing index"),
+        Reg("WATCHDOG", 0x150, "rw", "r",
+            "watchdog limit in cycles (0 off): an engine holding a command that makes no "
+            "progress for this long is an error (ERR_CODE 0x04, that command's id)"),
+        Reg("DRAM_RD_BASE", 0x154, "rw", "r",
+            "DRAM read window (DMA loads, gathers): lowest byte allowed; bits below the bus "
+            "width read 0"),
+        Reg("DRAM_RD_LIMIT", 0x158, "rw", "r",
+            "DRAM read window: highest byte allowed (inclusive); bits below the bus width "
+            "read 1", 0xFFFF_FFFF),
+        Reg("DRAM_WR_BASE", 0x15C, "rw", "r",
+            "DRAM write window (DMA stores): lowest byte allowed; bits below the bus width "
+            "read 0"),
+        Reg("DRAM_WR_LIMIT", 0x160, "rw", "r",
+            "DRAM write window: highest byte allowed (inclusive); bits below the bus width "
+            "read 1", 0xFFFF_FFFF),
     ]
     return regs
 

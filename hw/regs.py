@@ -47,6 +47,12 @@ class Registers(wiring.Component):
         Per-cycle events for the performance counters.
     embag_err_bag, embag_err_pos : In(32)
         The embedding-bag engine's sticky error bag and position (``EMBAG_ERR_*``).
+    watchdog : Out(32)
+        ``WATCHDOG``: the watchdog limit in cycles (0 off).
+    dram_rd_base, dram_rd_limit, dram_wr_base, dram_wr_limit : Out(32)
+        The DRAM windows (``DRAM_RD_*``, ``DRAM_WR_*``), inclusive byte bounds in whole bus
+        words: the bits below the bus width read 0 in a base and 1 in a limit. Only the host
+        writes them (firmware reads), and ``SOFT_RESET`` keeps them.
     irq : Out(1)
         ``|(IRQ_STATUS & IRQ_ENABLE)``.
     """
@@ -78,6 +84,11 @@ class Registers(wiring.Component):
             "perf_dma_wr_beat": In(1),
             "embag_err_bag": In(32),
             "embag_err_pos": In(32),
+            "watchdog": Out(32),
+            "dram_rd_base": Out(32),
+            "dram_rd_limit": Out(32, init=0xFFFF_FFFF),
+            "dram_wr_base": Out(32),
+            "dram_wr_limit": Out(32, init=0xFFFF_FFFF),
             "irq": Out(1),
         })
 
@@ -127,6 +138,11 @@ class Registers(wiring.Component):
             "PERF_DMA_WR_BEATS": wr_beats,
             "EMBAG_ERR_BAG": self.embag_err_bag,
             "EMBAG_ERR_POS": self.embag_err_pos,
+            "WATCHDOG": self.watchdog,
+            "DRAM_RD_BASE": self.dram_rd_base,
+            "DRAM_RD_LIMIT": self.dram_rd_limit,
+            "DRAM_WR_BASE": self.dram_wr_base,
+            "DRAM_WR_LIMIT": self.dram_wr_limit,
         }
         for s in range(N_SEMS):
             readable[f"SEM{s}"] = self.cp_sems[s]
@@ -265,6 +281,16 @@ class Registers(wiring.Component):
         elif name == "PERF_CLEAR":
             with m.If(value[0]):
                 m.d.comb += v["perf_clear"].eq(1)
+        elif name == "WATCHDOG":
+            m.d.sync += self.watchdog.eq(value)
+        elif name.startswith("DRAM_"):
+            # Windows are whole bus words: a base's low bits are 0, a limit's are 1.
+            low = (1 << (self.config.bus_bytes.bit_length() - 1)) - 1
+            target = getattr(self, name.lower())
+            if name.endswith("_BASE"):
+                m.d.sync += target.eq(value & ~low & 0xFFFF_FFFF)
+            else:
+                m.d.sync += target.eq(value | low)
         else:
             raise AssertionError(f"no write action for {name!r}")
 

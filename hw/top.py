@@ -44,13 +44,32 @@ Scratchpad ports: 0 DMA write (loads), 1 DMA read (stores), 2 GEMM A, 3 GEMM B, 
 5 GEMM parameters, 6 GEMM partial sums, 7 embedding-bag lists, 8 embedding-bag ring reads,
 9 embedding-bag outputs.
 
-``CTRL.SOFT_RESET`` clears the command processor and resets the GEMM engine and the scratchpad's
-arbiters (the scratchpad keeps its contents). The DMA is not reset, because AXI gives no way to
+``CTRL.SOFT_RESET`` clears the command processor and resets the GEMM engine (the responses to
+its scratchpad reads still in flight are dropped). The scratchpad is not reset: it keeps its
+contents, and every read granted to the DMA or the embedding-bag engine gets its response (a
+reset scratchpad used to lose them, and a soft reset in the middle of an embedding-bag job could
+leave the engine waiting forever). The DMA is not reset, because AXI gives no way to
 abandon transactions in flight. It finishes the descriptors it already holds (they complete in
 order, before anything issued after the reset), and their completions are discarded.
 Nor are the embedding-bag engine and its arbiter reset: ``SOFT_RESET`` cancels the engine's job
 (it stops issuing gathers, waits for those in flight and completes), and ``EmbagCommands``
 discards that completion.
+
+Faults
+------
+Every fault ends in the command processor's sticky ``ERR_CODE``/``ERR_ID``/``ERR_QUEUE`` and
+the interrupt (``IRQ_STATUS.ERROR``); issue stops until ``SOFT_RESET``.
+
+- DRAM windows: ``DRAM_RD_BASE``/``DRAM_RD_LIMIT`` bound every DMA load *and* every
+  embedding-bag gather (they share the load path), ``DRAM_WR_BASE``/``DRAM_WR_LIMIT`` every
+  store. Only the host writes them (firmware reads them), ``SOFT_RESET`` keeps them, and after
+  reset they allow the whole address space. A descriptor outside its window is refused by the
+  DMA before any beat (DMA error 5: ``ERR_CODE`` 0x15 on queue 0 or 1, 0x1D on queue 3 for a
+  gather).
+- Watchdog (``hw/watchdog.py``): with ``WATCHDOG`` = n > 0, an engine that holds a command for n
+  cycles without progress raises ``ERR_CODE`` 0x04 with that command's id and queue. Progress is
+  a completion of that queue or: loads, an AXI R beat; stores, a W beat or a B response; GEMM, an
+  array step or a result write; embedding bags, an R beat or an output write.
 
 Argument words wider than their descriptor fields (e.g. a scratchpad address beyond the
 scratchpad) make the DMA command malformed (engine error 4) rather than wrapping.
@@ -63,15 +82,16 @@ from amaranth.lib.wiring import In, Out
 from . import regmap
 from .axi import axi4_signature
 from .axil import AXILiteToWishbone, axil_signature
-from .cmdproc import CommandProcessor
+from .cmdproc import ERR_WATCHDOG, CommandProcessor
 from .config import EmberConfig
 from .cpu import ControlCore, DEFAULT_IMEM_SIZE
 from .dma import DMA
 from .embag import EmbagCommands, EmbeddingBagEngine, GatherArbiter, embag_params
 from .gemm import GemmEngine
 from .regs import Registers
-from .store_blocks import StoreBlocks
 from .sram import Scratchpad
+from .store_blocks import StoreBlocks
+from .watchdog import Watchdog
 
 __all__ = ["Ember", "build_top"]
 
@@ -125,7 +145,8 @@ class Ember(wiring.Component):
         dma = DMA(data_bytes=cfg.bus_bytes, addr_width=cfg.axi_addr_width,
                   id_width=cfg.axi_id_width, outstanding=cfg.dma_outstanding,
                   max_burst=cfg.dma_max_burst, sram_addr_width=sram_aw,
-                  sram_words=cfg.sram_banks * cfg.sram_depth, tag_width=TAG_WIDTH + 1)
+                  sram_words=cfg.sram_banks * cfg.sram_depth, tag_width=TAG_WIDTH + 1,
+                  windows=True)
         gemm = GemmEngine(rows=cfg.pe_rows, cols=cfg.pe_cols, lanes=cfg.pe_lanes,
                           data_bytes=cfg.bus_bytes, addr_width=sram_aw,
                           tag_width=TAG_WIDTH)
@@ -273,15 +294,60 @@ class Ember(wiring.Component):
             regs.embag_err_pos.eq(embag.error_pos),
         ]
 
+        # DRAM windows (host registers) → DMA.
+        # The registers are 32 bits; with a wider AXI address a limit of 0xFFFF_FFFF means no
+        # upper limit at all.
+        top = (1 << cfg.axi_addr_width) - 1
+        for name in ("rd_base", "rd_limit", "wr_base", "wr_limit"):
+            reg = getattr(regs, f"dram_{name}")
+            if "limit" in name:
+                reg = Mux(reg == 0xFFFF_FFFF, top, reg)
+            m.d.comb += getattr(dma, name).eq(reg)
+
+        # Watchdog: what counts as progress for each queue's engine.
+        m.submodules.watchdog = wd = Watchdog(queues=len(queues), code=ERR_WATCHDOG)
+        r_beat = self.axi.rvalid & self.axi.rready
+        w_beat = self.axi.wvalid & self.axi.wready
+        b_resp = self.axi.bvalid & self.axi.bready
+        progress = (r_beat, w_beat | b_resp,
+                    gemm.step | (gemm.c_wr.req.valid & gemm.c_wr.req.ready),
+                    r_beat | (embag.out_wr.req.valid & embag.out_wr.req.ready))
+        for q, p in enumerate(progress):
+            m.d.comb += wd.progress[q].eq(p | cp.engines[q].done.valid)
+        m.d.comb += [
+            wd.busy.eq(cp.busy),
+            wd.head_id.eq(cp.head_id),
+            wd.limit.eq(regs.watchdog),
+            wd.halt.eq(cp.error != 0),
+            wd.clear.eq(regs.soft_reset),
+        ]
+        wiring.connect(m, wd.error, cp.ext_error)
+
         # Scratchpad clients (ports in this order; new clients go at the end).
         sram_clients = (dma.sram_wr, dma.sram_rd, gemm.a_rd, gemm.b_rd, gemm.c_wr, gemm.p_rd,
                         gemm.d_rd, embag.list_rd, embag.slot_rd, embag.out_wr)
         sram = Scratchpad(banks=cfg.sram_banks, depth=cfg.sram_depth,
                           data_bytes=cfg.bus_bytes, ports=len(sram_clients))
         assert sram.addr_width == sram_aw
-        m.submodules.sram = ResetInserter(regs.soft_reset)(sram)
+        # The scratchpad is not reset by SOFT_RESET: the DMA and the embedding-bag engine, which
+        # are not reset either, count on the response of every read they were granted (a lost
+        # response left them waiting forever). Only the GEMM engine is reset; the responses to
+        # its reads still in flight then (READ_LATENCY cycles) are dropped instead.
+        m.submodules.sram = sram
+        gemm_clients = (gemm.a_rd, gemm.b_rd, gemm.c_wr, gemm.p_rd, gemm.d_rd)
+        drop = Signal(range(Scratchpad.READ_LATENCY + 1))
+        with m.If(regs.soft_reset):
+            m.d.sync += drop.eq(Scratchpad.READ_LATENCY)
+        with m.Elif(drop != 0):
+            m.d.sync += drop.eq(drop - 1)
         for port, client in enumerate(sram_clients):
-            wiring.connect(m, client, sram.ports[port])
+            if any(client is c for c in gemm_clients):
+                sp = sram.ports[port]
+                wiring.connect(m, client.req, sp.req)
+                m.d.comb += [client.rsp.valid.eq(sp.rsp.valid & (drop == 0)),
+                             client.rsp.data.eq(sp.rsp.data)]
+            else:
+                wiring.connect(m, client, sram.ports[port])
 
         # DRAM.
         wiring.connect(m, dma.axi, wiring.flipped(self.axi))

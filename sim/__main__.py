@@ -143,6 +143,8 @@ def _gemm_inputs(args):
         for name, v in zip(("--m", "--k", "--n"), sizes):
             if v < 1:
                 raise SystemExit(f"error: {name} must be at least 1, not {v}")
+        if args.seed < 0:
+            raise SystemExit(f"error: --seed must be a non-negative integer, not {args.seed}")
         rng = np.random.default_rng(args.seed)
         a = rng.integers(-128, 128, (args.m, args.k), dtype=np.int8)
         b = rng.integers(-128, 128, (args.k, args.n), dtype=np.int8)
@@ -152,6 +154,12 @@ def _gemm_inputs(args):
     return a, b, params
 
 
+def _check_out(path):
+    """Refuse an ``--out`` whose directory does not exist before simulating anything."""
+    if path is not None and not Path(path).resolve().parent.is_dir():
+        raise SystemExit(f"error: --out {path}: directory {Path(path).parent} does not exist")
+
+
 def cmd_gemm(args):
     import numpy as np
     from sim.device import Device, EmberHardwareError, EmberSimulationError, EmberTimeout
@@ -159,6 +167,7 @@ def cmd_gemm(args):
     from sim.golden_requant import ref_bias_add, ref_requant
     cfg = _config(args.config)
     a, b, params = _gemm_inputs(args)
+    _check_out(args.out)
     scalars = {k: getattr(args, k) for k in ("zero_point", "act_min", "act_max")
                if getattr(args, k) is not None}
     try:
@@ -238,6 +247,8 @@ def _embag_inputs(args):
     if args.weights is not None:
         raise SystemExit("error: --weights goes with --table/--indices/--offsets; with generated "
                          "inputs use --weighted")
+    if args.seed < 0:
+        raise SystemExit(f"error: --seed must be a non-negative integer, not {args.seed}")
     rng = np.random.default_rng(args.seed)
     table = rng.integers(-128, 128, (args.rows, args.dim)).astype(np.int8)
     # Every bag has exactly --pooling indices.
@@ -259,6 +270,7 @@ def cmd_embedding_bag(args):
     from sim.device import Device, EmberHardwareError, EmberSimulationError, EmberTimeout
     cfg = _config(args.config)
     table, indices, offsets, weights, generated = _embag_inputs(args)
+    _check_out(args.out)
     rq = {k: getattr(args, k) for k in ("multiplier", "shift") if getattr(args, k) is not None}
     rq.update({k: getattr(args, k) for k in ("zero_point", "act_min", "act_max")
                if getattr(args, k) is not None})

@@ -580,15 +580,18 @@ def dram_layout(config, M, K, N, *, raw, base=0x1000, align=64, gap=256, offsets
 
 # -- errors ---------------------------------------------------------------------------------------
 
-_CP_ERRORS = {0x01: "illegal opcode", 0x02: "malformed header", 0x03: "queue overflow"}
+_CP_ERRORS = {0x01: "illegal opcode", 0x02: "malformed header", 0x03: "queue overflow",
+              0x04: "watchdog: the engine made no progress"}
 _ENGINE_ERRORS = {
-    0: {1: "AXI SLVERR", 2: "AXI DECERR", 3: "scratchpad range", 4: "malformed descriptor"},
-    1: {1: "AXI SLVERR", 2: "AXI DECERR", 3: "scratchpad range", 4: "malformed descriptor"},
+    0: {1: "AXI SLVERR", 2: "AXI DECERR", 3: "scratchpad range", 4: "malformed descriptor",
+        5: "outside the DRAM read window"},
+    1: {1: "AXI SLVERR", 2: "AXI DECERR", 3: "scratchpad range", 4: "malformed descriptor",
+        5: "outside the DRAM write window"},
     2: {1: "malformed command"},
     3: {1: "index out of range", 2: "negative bag length", 3: "malformed command",
         4: "output beyond the scratchpad", 5: "cancelled", 9: "gather: AXI SLVERR",
         10: "gather: AXI DECERR", 11: "gather: scratchpad range",
-        12: "gather: malformed descriptor"},
+        12: "gather: malformed descriptor", 13: "gather: outside the DRAM read window"},
 }
 
 

@@ -1,0 +1,73 @@
+"""The engine watchdog: an engine that holds a command and makes no progress is an error.
+
+Per queue, a counter runs while the queue's engine holds a command (``busy``) and restarts at
+every ``progress`` event of that engine (a completion, a data beat, an array step: the top level
+says what counts, ``hw/top.py``). When it reaches ``limit`` the watchdog raises ``error`` for one
+cycle with the queue and that engine's oldest command id, for the command processor's sticky
+error (``ERR_WATCHDOG``). ``limit`` 0 turns it off. While ``halt`` is high (an error is already
+held) or on ``clear`` (the soft reset) every counter restarts.
+"""
+
+from amaranth.hdl import Module, Signal
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["Watchdog"]
+
+
+class Watchdog(wiring.Component):
+    """No-progress detector for ``queues`` engines.
+
+    Parameters
+    ----------
+    queues : int
+        Number of engine queues.
+    code : int
+        The error code raised (the command processor's ``ERR_WATCHDOG``).
+
+    Members
+    -------
+    busy, progress : In(queues)
+        Per queue: its engine holds a command; its engine made progress this cycle.
+    head_id : In(ArrayLayout(16, queues))
+        Per queue, the id of the engine's oldest command.
+    limit : In(32)
+        Cycles without progress that make an error; 0 = off.
+    halt, clear : In(1)
+        An error is held / soft reset: counters restart.
+    error : Out(Signature(valid, code, id, queue))
+        The error, for ``CommandProcessor.ext_error``; ``code`` is ``ERR_WATCHDOG``.
+    """
+
+    def __init__(self, *, queues, code):
+        if isinstance(queues, bool) or not isinstance(queues, int) or not 1 <= queues <= 16:
+            raise ValueError(f"queues must be an integer in [1, 16], not {queues!r}")
+        if isinstance(code, bool) or not isinstance(code, int) or not 1 <= code <= 255:
+            raise ValueError(f"code must be an integer in [1, 255], not {code!r}")
+        self.queues, self.code = queues, code
+        super().__init__({
+            "busy": In(queues),
+            "progress": In(queues),
+            "head_id": In(data.ArrayLayout(16, queues)),
+            "limit": In(32),
+            "halt": In(1),
+            "clear": In(1),
+            "error": Out(wiring.Signature({"valid": Out(1), "code": Out(8), "id": Out(16),
+                                           "queue": Out(4)})),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += self.error.code.eq(self.code)
+        for q in reversed(range(self.queues)):      # the lowest queue wins a tie
+            count = Signal(32, name=f"idle{q}")
+            idle = self.busy[q] & ~self.progress[q] & ~self.halt & ~self.clear & \
+                (self.limit != 0)
+            with m.If(idle):
+                m.d.sync += count.eq(count + 1)
+            with m.Else():
+                m.d.sync += count.eq(0)
+            with m.If(idle & (count + 1 >= self.limit)):
+                m.d.comb += [self.error.valid.eq(1), self.error.id.eq(self.head_id[q]),
+                             self.error.queue.eq(q)]
+        return m
