@@ -58,12 +58,13 @@
  * and polls it only if the queue is really full. A job ends when every queue has completed every
  * command pushed (or an error is held, or the watchdog fires).
  *
- * Speed. The control core is the bottleneck: each command costs it nine MMIO writes (two cycles
- * each), and the data cache is write-through, so a store to DMEM costs a bus cycle too. The
- * plan stores a whole row of output tiles per command (multi-block stores), so there are few
- * commands per job; everything a job needs that does not depend on the job is computed once,
- * in plan(). Each command writes every staging word, so nothing depends on what an earlier job
- * or the host staged.
+ * Speed. The control core is the bottleneck: a load or GEMM command costs it nine MMIO writes
+ * (two cycles each), and the data cache is write-through, so a store to DMEM costs a bus cycle
+ * too. The plan stores a whole row of output tiles per command (multi-block stores), and the
+ * stores of a block share their staging words: per store only CMD0, CMD2, CMD3 and CMD_PUSH
+ * are written (CMD4/CMD5 when they change). Everything a job needs that does not depend on the
+ * job is computed once, in plan(). Each kind of command writes every staging word it needs, so
+ * nothing depends on what an earlier job or the host staged.
  *
  * DMEM use is constant: the command stream is generated on the fly, job by job.
  */
@@ -202,16 +203,26 @@ static inline void push_load(uint32_t wait, uint32_t signal, uint32_t dram, uint
  * another in the scratchpad, R words each, and sit C·e bytes apart in DRAM), then one store of
  * its last tile if that is clipped at N; a row of tiles clipped at M goes one tile per store.
  * The first store waits on C_READY, the last signals C_FREE. */
-typedef struct {
-    uint32_t dram, sram, word2, bytes;
-} piece_t;
-
-static inline void push_store(const plan_t *p, const piece_t *s, uint32_t wait,
-                              uint32_t signal) {
-    if (room(Q_STORE)) {
-        push8(Q_STORE, header(EMBER_OP_STORE, wait, signal, next_id), NO_SEMS, s->dram,
-              s->sram, s->word2, s->bytes, p->row_stride, p->W);
+/* One store: the caller staged CMD1, CMD6 and CMD7 (the same for every store of a block);
+ * CMD4 and CMD5 are written only when they change (*s4, *s5: what they hold). */
+static inline void push_store(uint32_t wait, uint32_t signal, uint32_t dram, uint32_t sram,
+                              uint32_t word2, uint32_t bytes, uint32_t *s4, uint32_t *s5) {
+    volatile uint32_t *const cmd = CMD;
+    if (!room(Q_STORE)) {
+        return;
     }
+    cmd[0] = header(EMBER_OP_STORE, wait, signal, next_id);
+    cmd[2] = dram;
+    cmd[3] = sram;
+    if (word2 != *s4) {
+        cmd[4] = *s4 = word2;
+    }
+    if (bytes != *s5) {
+        cmd[5] = *s5 = bytes;
+    }
+    cmd[CMD_PUSH_WORD] = 1;
+    pushed[Q_STORE]++;
+    next_id = (next_id + 1) & 0xFFFFu;
 }
 
 static __attribute__((noinline)) void emit_stores(const plan_t *p, uint32_t u, uint32_t i,
@@ -222,38 +233,47 @@ static __attribute__((noinline)) void emit_stores(const plan_t *p, uint32_t u, u
     const uint32_t bytes_full = p->tile_step;
     const uint32_t bytes_last = last_j ? p->bytes_last : bytes_full; /* the row's last tile */
     const uint32_t full = bytes_last == bytes_full ? n_here : n_here - 1;
-    const uint32_t sram0 = (4 + (u & 1)) * p->bank * p->W;
-    const uint32_t dram0 = p->c_addr + i * p->c_blk_row + j * p->c_blk_col;
-    piece_t prev = {0, 0, 0, 0};
-    uint32_t have = 0, wait = SEM_C_READY;
-#define PIECE(n_, tiles_, rows_, bytes_)                                                       \
+    const uint32_t tile_step = p->tile_step, sram_step = p->sram_step;
+    /* The previous piece, pushed once the next one is known (the last signals C_FREE); no
+     * divisions and no memory traffic: the core's divider takes 33 cycles, DMEM is
+     * write-through. */
+    uint32_t dram = 0, sram = 0, word2 = 0, bytes = 0, have = 0, wait = SEM_C_READY;
+    uint32_t s4 = 0, s5 = 0;          /* CMD4/CMD5 as staged (0: never a store's value) */
+    volatile uint32_t *const cmd = CMD;
+    cmd[1] = NO_SEMS;
+    cmd[6] = p->row_stride;
+    cmd[7] = p->W;
+    uint32_t dram_row = p->c_addr + i * p->c_blk_row + j * p->c_blk_col;
+    uint32_t sram_row = (4 + (u & 1)) * p->bank * p->W;
+#define PIECE(jl_, tiles_, rows_, bytes_)                                                      \
     do {                                                                                       \
         if (have) {                                                                            \
-            push_store(p, &prev, wait, SEM_NONE);                                              \
+            push_store(wait, SEM_NONE, dram, sram, word2, bytes, &s4, &s5);                   \
             wait = SEM_NONE;                                                                   \
         }                                                                                      \
-        const uint32_t n__ = (n_);                                                             \
-        prev.dram = dram0 + (n__ / n_here) * p->row_step + (n__ % n_here) * p->tile_step;      \
-        prev.sram = sram0 + n__ * p->sram_step;                                                \
-        prev.word2 = (rows_) | ((tiles_) - 1) << 16;                                           \
-        prev.bytes = (bytes_);                                                                 \
+        dram = dram_row + (jl_) * tile_step;                                                   \
+        sram = sram_row + (jl_) * sram_step;                                                   \
+        word2 = (rows_) | ((tiles_) - 1) << 16;                                                \
+        bytes = (bytes_);                                                                      \
         have = 1;                                                                              \
     } while (0)
     for (uint32_t il = 0; il < m_here && !failed; il++) {
         const uint32_t rows = last_i && il == m_here - 1 ? p->rows_last : p->R;
         if (rows < p->R) {
             for (uint32_t jl = 0; jl < full; jl++) {
-                PIECE(il * n_here + jl, 1, rows, bytes_full);
+                PIECE(jl, 1, rows, bytes_full);
             }
         } else if (full) {
-            PIECE(il * n_here, full, rows, bytes_full);
+            PIECE(0, full, rows, bytes_full);
         }
         if (full < n_here) {
-            PIECE(il * n_here + n_here - 1, 1, rows, bytes_last);
+            PIECE(n_here - 1, 1, rows, bytes_last);
         }
+        dram_row += p->row_step;
+        sram_row += n_here * sram_step;
     }
 #undef PIECE
-    push_store(p, &prev, wait, SEM_C_FREE);
+    push_store(wait, SEM_C_FREE, dram, sram, word2, bytes, &s4, &s5);
 }
 
 /* Job t of the plan: output block (i, j), K chunk k, in the plan's loop order. */
