@@ -105,7 +105,8 @@ from sim.layout import gemm_tiles
 
 __all__ = [
     "SEM_NONE", "SEM_OPS_FREE", "SEM_OPS_READY", "SEM_C_FREE", "SEM_C_READY", "QUEUE_DEPTH",
-    "Command", "command_words", "decode_command", "dma_command", "gemm_command", "pack_params",
+    "Command", "command_words", "decode_command", "dma_rows", "dma_command", "gemm_command",
+    "pack_params",
     "embag_table_command", "embag_pool_command", "EMBAG_MODES",
     "GemmPlan", "plan_gemm", "DramLayout", "dram_layout",
     "EmberHardwareError", "EmberTimeout", "BusError", "describe_error", "RegisterBus", "HostDriver",
@@ -161,6 +162,19 @@ def decode_command(words):
     return {"opcode": w0 & 0x3F, "wait": (w0 >> 6) & 31, "signal": (w0 >> 11) & 31,
             "id": w0 >> 16, "wait2": w1 & 31, "signal2": (w1 >> 5) & 31,
             "args": list(words[2:])}
+
+
+def dma_rows(cmd):
+    """The rows a DMA command moves, in order, as ``(dram_addr, sram_addr, row_bytes)``: a
+    store's ``blocks`` expanded (see :func:`dma_command`); ``dram_stride`` as a signed 32-bit
+    value. For testbench models and checks."""
+    dram, sram, rows, row_bytes, dstride, sstride = cmd.words[2:]
+    dstride = dstride - (1 << 32) if dstride >> 31 else dstride
+    blocks = 1
+    if cmd.queue == _QUEUE_OF_OPCODE[regmap.OPCODES["store"]]:
+        rows, blocks = rows & 0xFFFF, (rows >> 16) + 1
+    return [(dram + t * row_bytes + r * dstride, sram + (t * rows + r) * sstride, row_bytes)
+            for t in range(blocks) for r in range(rows)]
 
 
 def dma_command(kind, cid, *, dram_addr, sram_addr, rows, row_bytes, dram_stride=0,

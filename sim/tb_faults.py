@@ -191,15 +191,8 @@ def embag_job_prep(tb, rng, *, max_bags=12, bad_index=False):
 # -- predictions ----------------------------------------------------------------------------------
 
 def dma_rows(cmd):
-    """Byte ranges ``(lo, hi)`` of the DRAM rows of a DMA command, in transfer order (a store
-    of ``blocks`` side-by-side blocks: block ``t`` at ``dram + t·row_bytes``)."""
-    dram, _, rows, row_bytes, stride, _ = cmd.words[2:]
-    stride = stride - (1 << 32) if stride >> 31 else stride
-    blocks = 1
-    if cmd.queue == 1:          # word 2 of a store: rows | (blocks - 1) << 16
-        rows, blocks = rows & 0xFFFF, (rows >> 16) + 1
-    return [(dram + t * row_bytes + r * stride, dram + t * row_bytes + r * stride + row_bytes)
-            for t in range(blocks) for r in range(rows)]
+    """Byte ranges ``(lo, hi)`` of the DRAM rows of a DMA command, in transfer order."""
+    return [(d, d + n) for d, _, n in H.dma_rows(cmd)]
 
 
 def beats_hit(lo, hi, region, D):

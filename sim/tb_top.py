@@ -271,14 +271,8 @@ def expected_beats(plan, W):
     for cmd in plan.commands:
         if cmd.queue > 1:
             continue
-        dram, _, rows, row_bytes, dstride, _ = cmd.words[2:]
-        blocks = 1
-        if cmd.queue == 1:          # a multi-block store: rows | (blocks - 1) << 16
-            rows, blocks = rows & 0xFFFF, (rows >> 16) + 1
-        for t in range(blocks):
-            for r in range(rows):
-                start = dram + t * row_bytes + r * dstride
-                beats[cmd.queue] += (start + row_bytes - 1) // W - start // W + 1
+        for start, _, row_bytes in H.dma_rows(cmd):
+            beats[cmd.queue] += (start + row_bytes - 1) // W - start // W + 1
     return tuple(beats)
 
 
