@@ -21,8 +21,10 @@ Dependencies work like MTIA's command processor and VTA's dependency-token queue
 semaphores is non-zero, and takes one count from each at that moment. When the engine reports
 completion, each of its signal semaphores gains one count. Two waits let a compute command wait
 for its operands *and* for its output buffer to be stored, as VTA's compute waits on both load and
-store tokens. A semaphore gives at most one count per cycle, to the lowest-numbered queue waiting
-on it; semaphores are meant for producer/consumer pairs, not for queues competing for a count. Firmware sets initial
+store tokens. A semaphore gives at most one count per cycle, to the lowest-numbered queue ready to
+take it (head present, all its waits non-zero, issue register empty); semaphores are meant for
+producer/consumer pairs, not for queues competing for a count. A queue's issue register refills
+only when empty, so a queue issues at most every other cycle. Firmware sets initial
 counts (e.g. the number of free ping-pong buffers) through ``sem_write``. So the load of tile
 i+1, the compute of tile i and the store of tile i-1 run at once, each waiting only on what it
 needs.
@@ -176,6 +178,7 @@ class CommandProcessor(wiring.Component):
 
         inc = [[Signal(2, name=f"inc_q{q}_s{s}") for s in range(N_SEMS)] for q in range(nq)]
         dec = [[Signal(name=f"dec_q{q}_s{s}") for s in range(N_SEMS)] for q in range(nq)]
+        want = [[Signal(name=f"want_q{q}_s{s}") for s in range(N_SEMS)] for q in range(nq)]
 
         for q, opcode in enumerate(self.opcodes):
             eng = self.engines[q]
@@ -201,25 +204,37 @@ class CommandProcessor(wiring.Component):
             qhead = Signal(cmd_layout, name=f"head_{q}")
             m.d.comb += qhead.eq(queue.r_data)
             waits = (qhead.header.wait, qhead.header.wait2)
-            # A semaphore gives at most one count per cycle, to the lowest-numbered queue that
-            # wants it, so two queues can never both take the last count.
+            # A semaphore gives at most one count per cycle, to the lowest-numbered queue that is
+            # ready to take it (`ready_q`: a head, both waits non-zero, room to issue), so two
+            # queues can never both take the last count. The priority looks at the lower queues'
+            # readiness, which is all registers, not at their takes, so the queues do not chain.
+            own_ok = Signal(name=f"sem_own_{q}")
             sem_ok = Signal(name=f"sem_ok_{q}")
-            oks = []
+            oks, frees = [], []
             for w, wait in enumerate(waits):
-                ok = Signal(name=f"sem_ok_{q}_{w}")
+                ok = Signal(name=f"sem_own_{q}_{w}")
+                free = Signal(name=f"sem_free_{q}_{w}")
                 with m.If(wait == SEM_NONE):
-                    m.d.comb += ok.eq(1)
+                    m.d.comb += [ok.eq(1), free.eq(1)]
                 with m.Else():
                     for s in range(N_SEMS):
-                        free = (wait == s) & (sems[s] != 0)
-                        if q:
-                            free &= ~Cat(dec[p][s] for p in range(q)).any()
-                        with m.If(free):
-                            m.d.comb += ok.eq(1)
+                        with m.If(wait == s):
+                            m.d.comb += ok.eq(sems[s] != 0)
+                            if q:
+                                m.d.comb += free.eq(~Cat(want[p][s] for p in range(q)).any())
+                            else:
+                                m.d.comb += free.eq(1)
                 oks.append(ok)
-            m.d.comb += sem_ok.eq(oks[0] & oks[1])
-            issue_free = ~cmd_full | (eng.cmd.ready & cmd_full)
-            take = queue.r_rdy & sem_ok & ~halt & issue_free & track.w_rdy
+                frees.append(free)
+            m.d.comb += [own_ok.eq(oks[0] & oks[1]), sem_ok.eq(own_ok & frees[0] & frees[1])]
+            # The issue register refills only when empty (not in the cycle the engine takes it):
+            # the engine's `ready`, often deep logic, then only clears `cmd_full` and never runs
+            # into the semaphore and queue logic. Commands last longer than the refill cycle.
+            ready_q = Signal(name=f"ready_{q}")
+            m.d.comb += ready_q.eq(queue.r_rdy & own_ok & ~halt & ~cmd_full & track.w_rdy)
+            for s in range(N_SEMS):
+                m.d.comb += want[q][s].eq(ready_q & ((waits[0] == s) | (waits[1] == s)))
+            take = ready_q & frees[0] & frees[1]
             m.d.comb += [
                 queue.r_en.eq(take),
                 self.waiting[q].eq(queue.r_rdy & ~sem_ok & ~halt),

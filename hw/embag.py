@@ -192,7 +192,7 @@ def embag_params(config, **changes):
         sram_addr_width=words.bit_length() - 1, sram_words=words,
         bank_words=config.sram_depth, tag_width=16, max_dim=1024,
         ring_base=(config.sram_banks - 2) * config.sram_depth, ring_half=config.sram_depth,
-        slots=256, div_steps=4,
+        slots=256, div_steps=2,
     )
     unknown = set(changes) - set(params)
     if unknown:

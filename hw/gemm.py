@@ -27,8 +27,9 @@ Throughput
 ----------
 The A and B readers each issue one read per cycle while they have credit in their response FIFOs,
 so with conflict-free banks the array does one step per cycle. The parameter reader fetches three
-words per tile on its own port while the tile computes. The readers accept the next command as soon as they have issued the last read of
-the current one, so consecutive commands follow with no bubble; a small FIFO tells the writer
+words per tile on its own port while the tile computes. Each reader holds the next command in a
+one-entry register and starts it in the cycle it issues the last read of the current one, so
+consecutive commands follow with no bubble; a small FIFO tells the writer
 where each command's results go.
 
 Accumulation across commands (K split)
@@ -65,7 +66,9 @@ class _Reader(wiring.Component):
     For each of ``outer`` × ``inner`` tiles it reads ``steps`` consecutive words; the panel base
     advances by ``steps`` per tile along ``advance_on`` ("outer" for A: row-tiles, "inner" for B:
     column-tiles; "all": every tile, i.e. ``outer·inner·steps`` consecutive words). ``o`` carries
-    the words in order, with ``last`` on each tile's final step.
+    the words in order, with ``last`` on each tile's final step. ``start`` is taken only while
+    ``free``; the command then waits in a one-entry register until the current one has issued
+    its last read. ``idle``: no command held.
     """
 
     # Credit for the read round trip: 2 cycles of scratchpad latency, 2 through the buffered FIFO,
@@ -80,6 +83,7 @@ class _Reader(wiring.Component):
             "steps": In(16),
             "outer": In(16),
             "inner": In(16),
+            "free": Out(1),
             "idle": Out(1),
             "rd": Out(sram_port_signature(addr_width=addr_width, data_bytes=data_bytes)),
             "o": Out(stream.Signature(data.StructLayout({"word": 8 * data_bytes, "last": 1}))),
@@ -93,43 +97,58 @@ class _Reader(wiring.Component):
         steps, outer, inner = Signal(16), Signal(16), Signal(16)
         s, i, j = Signal(16), Signal(16), Signal(16)
         base, tile = Signal(self.addr_width), Signal(self.addr_width)
+        # The request's address (`tile + s`) and valid are registers, so that the scratchpad's
+        # arbiter sees no adder or compare in front of it.
+        addr = Signal(self.addr_width)
         credit = Signal(range(self.DEPTH + 1))   # reads issued whose word is not yet popped
 
         last_step = s == steps - 1
         m.d.comb += [
             self.rd.req.valid.eq(active & (credit < self.DEPTH)),
-            self.rd.req.payload.addr.eq(tile + s),
+            self.rd.req.payload.addr.eq(addr),
             self.rd.req.payload.we.eq(0),
         ]
         issued = self.rd.req.valid & self.rd.req.ready
         with m.If(issued):
             with m.If(~last_step):
-                m.d.sync += s.eq(s + 1)
+                m.d.sync += [s.eq(s + 1), addr.eq(addr + 1)]
             with m.Else():
                 m.d.sync += s.eq(0)
                 with m.If(j != inner - 1):
                     m.d.sync += j.eq(j + 1)
                     if self.advance_on in ("inner", "all"):
-                        m.d.sync += tile.eq(tile + steps)
+                        m.d.sync += [tile.eq(tile + steps), addr.eq(tile + steps)]
+                    else:
+                        m.d.sync += addr.eq(tile)
                 with m.Else():
                     m.d.sync += j.eq(0)
                     if self.advance_on == "inner":
-                        m.d.sync += tile.eq(base)
+                        m.d.sync += [tile.eq(base), addr.eq(base)]
                     else:   # "outer" and "all"
-                        m.d.sync += tile.eq(tile + steps)
+                        m.d.sync += [tile.eq(tile + steps), addr.eq(tile + steps)]
                     with m.If(i != outer - 1):
                         m.d.sync += i.eq(i + 1)
                     with m.Else():
                         m.d.sync += active.eq(0)
 
-        # Free for the next command from the cycle of the final read on, so that commands follow
-        # each other with no bubble. `start` comes last, so it wins over the final read's updates.
+        # The next command waits in a one-entry register and starts in the cycle of the final
+        # read, so that commands follow each other with no bubble. `free` (room in that register)
+        # and `idle` are registers: the scratchpad's grant steers only this reader's own state,
+        # never the engine's `cmd.ready`. The start comes last, so it wins over the final read's
+        # updates.
+        nxt_valid = Signal()
+        nxt_steps, nxt_outer, nxt_inner = Signal(16), Signal(16), Signal(16)
+        nxt_base = Signal(self.addr_width)
         final = last_step & (j == inner - 1) & (i == outer - 1)
-        m.d.comb += self.idle.eq(~active | (issued & final))
+        m.d.comb += [self.free.eq(~nxt_valid), self.idle.eq(~active & ~nxt_valid)]
+        with m.If(nxt_valid & (~active | (issued & final))):
+            m.d.sync += [active.eq(1), steps.eq(nxt_steps), outer.eq(nxt_outer),
+                         inner.eq(nxt_inner), s.eq(0), i.eq(0), j.eq(0),
+                         base.eq(nxt_base), tile.eq(nxt_base), addr.eq(nxt_base),
+                         nxt_valid.eq(0)]
         with m.If(self.start):
-            m.d.sync += [active.eq(1), steps.eq(self.steps), outer.eq(self.outer),
-                         inner.eq(self.inner), s.eq(0), i.eq(0), j.eq(0),
-                         base.eq(self.base), tile.eq(self.base)]
+            m.d.sync += [nxt_valid.eq(1), nxt_steps.eq(self.steps), nxt_outer.eq(self.outer),
+                         nxt_inner.eq(self.inner), nxt_base.eq(self.base)]
 
         # The scratchpad answers exactly READ_LATENCY cycles later; carry `last` alongside.
         last_pipe = Signal(Scratchpad.READ_LATENCY)
@@ -251,7 +270,7 @@ class GemmEngine(wiring.Component):
         # An `acc` command waits until every earlier command has written its last row.
         unwritten = Signal(range(16))   # commands accepted and not yet finished
         m.d.comb += [
-            self.cmd.ready.eq(ra.idle & rb.idle & rp.idle & rd.idle & rq_jobs.w_rdy &
+            self.cmd.ready.eq(ra.free & rb.free & rp.free & rd.free & rq_jobs.w_rdy &
                               wr_jobs.w_rdy & (~cmd.acc | (unwritten == 0))),
             accept.eq(self.cmd.valid & self.cmd.ready),
             ra.base.eq(cmd.a_addr), rb.base.eq(cmd.b_addr), rp.base.eq(cmd.p_addr),
@@ -351,7 +370,11 @@ class GemmEngine(wiring.Component):
         row = Signal(32)
         done_full = Signal()
         last_row = row == job.rows - 1
-        can_write = wr_jobs.r_rdy & ~job.error & (~last_row | ~done_full)
+        # Every write waits for a free `done` register (not only a command's last), so that the
+        # request's valid does not depend on the 32-bit row compare, which then only steers the
+        # updates after the grant. `done` is never held for long (the command processor always
+        # takes it), so this costs at most a cycle per command.
+        can_write = wr_jobs.r_rdy & ~job.error & (~done_full | self.done.ready)
         packed = Cat(rq.o.payload.data[c][:8] for c in range(C))
         m.d.comb += [
             self.c_wr.req.valid.eq(rq.o.valid & can_write),

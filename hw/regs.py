@@ -229,21 +229,28 @@ class Registers(wiring.Component):
                 with m.If(pick == i):
                     m.d.sync += pending[i].eq(0)
 
-        # Performance counters.
+        # Performance counters. Events are registered first and counted a cycle late, so that no
+        # engine's handshake logic runs combinationally into the 32-bit counter adders.
+        ev = {name: Signal(name=f"{name}_r") for name in
+              ("perf_gemm_step", "perf_gemm_stall", "perf_dma_rd_beat", "perf_dma_wr_beat")}
+        for name, reg in ev.items():
+            m.d.sync += reg.eq(getattr(self, name))
+        busy_r, waiting_r = Signal(nq), Signal(nq)
+        m.d.sync += [busy_r.eq(self.cp_busy), waiting_r.eq(self.cp_waiting)]
         with m.If(perf_clear):
             m.d.sync += [c.eq(0) for c in (cycles, gemm_steps, gemm_stall, rd_beats, wr_beats,
                                            *busy_cycles, *wait_cycles)]
         with m.Else():
             m.d.sync += [
                 cycles.eq(cycles + 1),
-                gemm_steps.eq(gemm_steps + self.perf_gemm_step),
-                gemm_stall.eq(gemm_stall + self.perf_gemm_stall),
-                rd_beats.eq(rd_beats + self.perf_dma_rd_beat),
-                wr_beats.eq(wr_beats + self.perf_dma_wr_beat),
+                gemm_steps.eq(gemm_steps + ev["perf_gemm_step"]),
+                gemm_stall.eq(gemm_stall + ev["perf_gemm_stall"]),
+                rd_beats.eq(rd_beats + ev["perf_dma_rd_beat"]),
+                wr_beats.eq(wr_beats + ev["perf_dma_wr_beat"]),
             ]
             for q in range(nq):
-                m.d.sync += [busy_cycles[q].eq(busy_cycles[q] + self.cp_busy[q]),
-                             wait_cycles[q].eq(wait_cycles[q] + self.cp_waiting[q])]
+                m.d.sync += [busy_cycles[q].eq(busy_cycles[q] + busy_r[q]),
+                             wait_cycles[q].eq(wait_cycles[q] + waiting_r[q])]
 
         # Interrupts: errors latch into IRQ_STATUS.ERROR.
         with m.If(self.cp_error != 0):

@@ -31,7 +31,7 @@ crossbar). Responses come back in request order and cannot be refused, so a clie
 only when it can take the data.
 """
 
-from amaranth.hdl import Module, Mux, Signal
+from amaranth.hdl import Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -66,6 +66,17 @@ def sram_port_signature(*, addr_width, data_bytes):
         }))),
         "rsp": In(wiring.Signature({"valid": Out(1), "data": Out(8 * data_bytes)})),
     })
+
+
+def _or_tree(values):
+    """Bitwise OR of ``values`` as a balanced tree (0 for none)."""
+    values = list(values)
+    if not values:
+        return Const(0, 1)
+    while len(values) > 1:
+        values = [values[k] | values[k + 1] if k + 1 < len(values) else values[k]
+                  for k in range(0, len(values), 2)]
+    return values[0]
 
 
 class Scratchpad(wiring.Component):
@@ -119,6 +130,7 @@ class Scratchpad(wiring.Component):
         pend_valid = [Signal(name=f"pend_valid_{b}") for b in range(B)]
         pend_port = [Signal(range(P), name=f"pend_port_{b}") for b in range(B)]
         rdata = []
+        grants = [[] for _ in range(P)]     # per port: its grant bit at each bank
 
         for b in range(B):
             mem = Memory(shape=8 * self.data_bytes, depth=self.depth, init=[])
@@ -127,29 +139,34 @@ class Scratchpad(wiring.Component):
             wr = mem.write_port(granularity=8)
             rdata.append(rd.data)
 
-            # Round-robin arbiter: grant the first requester at or after the pointer.
+            # Round-robin arbiter: grant the first requester at or after the pointer. The pointer
+            # is kept as a mask of the ports at or after it (all ones for pointer 0), so the grant
+            # is two lowest-set-bit picks (`x & -x`, a carry chain) and a multiplexer, not a
+            # priority chain per pointer value.
             want = Signal(P, name=f"want_{b}")
             for i, port in enumerate(ports):
                 m.d.comb += want[i].eq(port.req.valid & (bank_of(port) == b))
-            pointer = Signal(range(P), name=f"rr_{b}")
+            mask = Signal(P, name=f"rr_{b}", init=(1 << P) - 1)
+            masked = Signal(P, name=f"masked_{b}")
             grant = Signal(P, name=f"grant_{b}")
             granted = Signal(range(P), name=f"granted_{b}")
-            with m.Switch(pointer):
-                # Pointer 0 is the default arm, so the switch is full for any port count.
-                for start in [*range(1, P), 0]:
-                    with (m.Case(start) if start else m.Default()):
-                        order = [(start + k) % P for k in range(P)]
-                        for idx in reversed(order):  # last assignment wins: first in order
-                            with m.If(want[idx]):
-                                m.d.comb += [grant.eq(1 << idx), granted.eq(idx)]
+            m.d.comb += [
+                masked.eq(want & mask),
+                grant.eq(Mux(masked.any(), masked & -masked, want & -want)[:P]),
+            ]
+            # One-hot to index and one-hot multiplexers as AND-OR trees (not if-chains, which
+            # would become a priority chain of P multiplexers).
+            m.d.comb += granted.eq(_or_tree([Mux(grant[i], i, 0) for i in range(1, P)]))
             with m.If(want.any()):
-                m.d.sync += pointer.eq(Mux(granted == P - 1, 0, granted + 1))
+                # The ports after the granted one; none after the last means pointer 0.
+                after = Signal(P, name=f"after_{b}")
+                m.d.comb += after.eq(~(grant | (grant - 1)))
+                m.d.sync += mask.eq(Mux(after.any(), after, (1 << P) - 1))
 
             # The granted request drives the bank.
             sel = Signal.like(ports[0].req.payload, name=f"sel_{b}")
-            for i, port in enumerate(ports):
-                with m.If(grant[i]):
-                    m.d.comb += sel.eq(port.req.payload)
+            m.d.comb += sel.eq(_or_tree([Mux(grant[i], port.req.payload.as_value(), 0)
+                                         for i, port in enumerate(ports)]))
             row = sel.addr[:self.row_bits] if self.row_bits else 0
             m.d.comb += [
                 rd.addr.eq(row),
@@ -162,16 +179,18 @@ class Scratchpad(wiring.Component):
             m.d.sync += [pend_valid[b].eq(grant.any() & ~sel.we), pend_port[b].eq(granted)]
 
             for i, port in enumerate(ports):
-                with m.If(grant[i]):
-                    m.d.comb += port.req.ready.eq(1)
+                grants[i].append(grant[i])
+
+        for i, port in enumerate(ports):
+            m.d.comb += port.req.ready.eq(_or_tree(grants[i]))
 
         # Crossbar back to the ports, registered: data reach the client at t+2.
         for i, port in enumerate(ports):
             valid_next = Signal(name=f"rsp_valid_next_{i}")
             data_next = Signal(8 * self.data_bytes, name=f"rsp_data_next_{i}")
-            for b in range(B):
-                with m.If(pend_valid[b] & (pend_port[b] == i)):
-                    m.d.comb += [valid_next.eq(1), data_next.eq(rdata[b])]
+            hit = [pend_valid[b] & (pend_port[b] == i) for b in range(B)]
+            m.d.comb += [valid_next.eq(_or_tree(hit)),
+                         data_next.eq(_or_tree([Mux(hit[b], rdata[b], 0) for b in range(B)]))]
             m.d.sync += [port.rsp.valid.eq(valid_next), port.rsp.data.eq(data_next)]
 
         return m
