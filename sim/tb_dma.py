@@ -746,10 +746,12 @@ async def axi_errors(dut, backpressure):
     half_d, half_s = MiB // 2, tb.sram_bytes // 2
     faults = []
     for region in (0, half_d):
-        for _ in range(6):
+        # Both kinds in each region (alternating), so that every seed covers SLVERR and DECERR
+        # on loads and on stores.
+        for k in range(6):
             lo = region + int(rng.integers(0, 120_000))
             faults.append((lo, lo + int(rng.integers(1, 3 * D)),
-                           [G.RESP_SLVERR, G.RESP_DECERR][int(rng.integers(0, 2))]))
+                           [G.RESP_SLVERR, G.RESP_DECERR][k % 2]))
     tb.dram.faults = faults
     fault = tb.dram.fault
     for batch in range(3):
