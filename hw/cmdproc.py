@@ -99,6 +99,9 @@ class CommandProcessor(wiring.Component):
         Sets a semaphore's count.
     clear : In(1)
         Soft reset of all queue state and errors.
+    hold : In(1)
+        Issue nothing while high (commands are still accepted and queued). The top level holds
+        issue after a soft reset until the engines that are not reset have drained.
     sems : Out(ArrayLayout(8, N_SEMS))
         Semaphore counts.
     completed : Out(ArrayLayout(32, queues))
@@ -139,6 +142,7 @@ class CommandProcessor(wiring.Component):
             "sem_write": In(wiring.Signature({"valid": Out(1), "index": Out(4),
                                               "value": Out(8)})),
             "clear": In(1),
+            "hold": In(1),
             "sems": Out(data.ArrayLayout(8, N_SEMS)),
             "completed": Out(data.ArrayLayout(32, nq)),
             "pending": Out(data.ArrayLayout(8, nq)),
@@ -231,7 +235,8 @@ class CommandProcessor(wiring.Component):
             # the engine's `ready`, often deep logic, then only clears `cmd_full` and never runs
             # into the semaphore and queue logic. Commands last longer than the refill cycle.
             ready_q = Signal(name=f"ready_{q}")
-            m.d.comb += ready_q.eq(queue.r_rdy & own_ok & ~halt & ~cmd_full & track.w_rdy)
+            m.d.comb += ready_q.eq(queue.r_rdy & own_ok & ~halt & ~self.hold & ~cmd_full &
+                                   track.w_rdy)
             for s in range(N_SEMS):
                 m.d.comb += want[q][s].eq(ready_q & ((waits[0] == s) | (waits[1] == s)))
             take = ready_q & frees[0] & frees[1]

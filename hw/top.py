@@ -53,7 +53,10 @@ abandon transactions in flight. It finishes the descriptors it already holds (th
 order, before anything issued after the reset), and their completions are discarded.
 Nor are the embedding-bag engine and its arbiter reset: ``SOFT_RESET`` cancels the engine's job
 (it stops issuing gathers, waits for those in flight and completes), and ``EmbagCommands``
-discards that completion.
+discards that completion. Until both have drained (the DMA's old descriptors still write loaded
+data into the scratchpad, the cancelled job still writes the bags it had finished), the command
+processor holds issue: commands pushed right after the reset wait in their queues, so no late
+write from before the reset lands on the operands of a new job.
 
 Faults
 ------
@@ -75,7 +78,7 @@ Argument words wider than their descriptor fields (e.g. a scratchpad address bey
 scratchpad) make the DMA command malformed (engine error 4) rather than wrapping.
 """
 
-from amaranth.hdl import Module, Mux, ResetInserter, Signal
+from amaranth.hdl import Cat, Module, Mux, ResetInserter, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -201,6 +204,7 @@ class Ember(wiring.Component):
         # the upper half of word 2 must be 0.
         blocks = StoreBlocks(desc_layout=dma.descriptor_layout)
         m.submodules.store_blocks = ResetInserter(regs.soft_reset)(blocks)
+        stales = []
         for q, (cmd_in, dma_in, dma_done) in enumerate((
                 (arb.load, arb.load, arb.load_done),
                 (blocks.cmd, dma.store, dma.store_done))):
@@ -227,6 +231,7 @@ class Ember(wiring.Component):
                 m.d.sync += stale.eq(inflight + issued - completed)
             with m.Elif(completed & (stale != 0)):
                 m.d.sync += stale.eq(stale - 1)
+            stales.append(stale)
             m.d.comb += [
                 cmd_in.valid.eq(eng.cmd.valid),
                 eng.cmd.ready.eq(cmd_in.ready),
@@ -293,6 +298,17 @@ class Ember(wiring.Component):
             regs.embag_err_bag.eq(embag.error_bag),
             regs.embag_err_pos.eq(embag.error_pos),
         ]
+
+        # After SOFT_RESET the command processor issues nothing until what was not reset has
+        # drained: the DMA's descriptors from before the reset (their loads still write the
+        # scratchpad) and the embedding-bag engine's cancelled job (it still writes the bags it
+        # had finished). Commands pushed meanwhile wait in their queues.
+        settling = Signal()
+        with m.If(regs.soft_reset):
+            m.d.sync += settling.eq(1)
+        with m.Elif(~Cat(stale != 0 for stale in stales).any() & ~embag.busy):
+            m.d.sync += settling.eq(0)
+        m.d.comb += cp.hold.eq(settling)
 
         # DRAM windows (host registers) → DMA.
         # The registers are 32 bits; with a wider AXI address a limit of 0xFFFF_FFFF means no

@@ -796,10 +796,9 @@ class HostDriver:
     async def soft_reset(self):
         """``CTRL.SOFT_RESET`` (keeping ``CPU_RESET`` as it is); forget the queue bookkeeping.
 
-        The DMA is not reset and finishes the commands it holds; today the command processor
-        counts such a late completion as that of the first command issued after the reset, so
-        let DMA transfers in flight finish before pushing again (``tests/test_top.py``,
-        ``KNOWN_BUGS``)."""
+        The DMA and the embedding-bag engine are not reset: they finish what they hold (their
+        completions are discarded), and the command processor issues nothing pushed after the
+        reset until they have (``hw/top.py``), so the driver may push again at once."""
         ctrl = await self.read("CTRL")
         await self.write_now("CTRL", (ctrl & 1) | 2)
         self.pushed = [0] * regmap.N_QUEUES

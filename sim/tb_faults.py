@@ -33,9 +33,10 @@ import numpy as np
 from cocotb.triggers import ClockCycles
 
 from sim import host as H
-from sim.embag_plan import EmbagTable, embag_dram_layout, plan_embag
+from sim.embag_plan import EmbagTable
 from sim.tb_top import TB, place_gemm
-from sim.tb_top_embag import golden_output, random_bags, random_requant, random_table
+from sim.tb_top_embag import (golden_output, place_embag_job, random_bags, random_requant,
+                               random_table)
 
 MASK32 = (1 << 32) - 1
 BAD_ID = 0xF00D          # id of injected bad commands (plans number from 1)
@@ -109,19 +110,22 @@ def gemm_job_prep(tb, rng):
                desc=f"GEMM {M}x{K}x{N} {'INT32' if raw else 'INT8'}")
 
 
-def embag_job_prep(tb, rng, *, max_bags=12, bad_index=False):
-    cfg = tb.cfg
+def embag_job_prep(tb, rng, *, max_bags=12, bad_index=False, dims=(1, 25), mode=None):
+    """A random embedding-bag job: 1 or 2 tables of ``dims[0]`` to ``dims[1] - 1`` bytes per
+    row; ``mode`` "sum" or "mean" forces the mode (and no weights)."""
     n = int(rng.integers(1, 3))
     bags = int(rng.integers(1, max_bags + 1))
     tables, indices, lengths, weights = [], [], [], []
     for _ in range(n):
-        rows, dim = int(rng.integers(10, 300)), int(rng.integers(1, 25))
+        rows, dim = int(rng.integers(10, 300)), int(rng.integers(*dims))
         tables.append(random_table(rng, rows, dim))
         idx, lens = random_bags(rng, rows=rows, bags=bags, pooling=int(rng.integers(1, 6)),
                                 dist="uniform" if rng.random() < 0.5 else "zipf")
         indices.append(idx.astype(np.int64))
         lengths.append(lens)
-    if rng.random() < 0.4:
+    if mode is not None:
+        weights = None
+    elif rng.random() < 0.4:
         weights = [rng.integers(-128, 128, len(i)).astype(np.int8) for i in indices]
         mode = "sum"
     else:
@@ -145,23 +149,9 @@ def embag_job_prep(tb, rng, *, max_bags=12, bad_index=False):
                         weights=None if weights is None else weights[t],
                         requant=None if requant is None else tuple(requant[t]))
              for t in range(n)]
-    dry = plan_embag(cfg, specs, mode=mode, list_addr=0, out_addr=0)
-    list_bytes = sum(len(blk) for _, blk in dry.blocks)
     offsets = tuple(int(x) for x in rng.integers(0, 8, n))
-    lay = embag_dram_layout(cfg, [t.shape for t in tables], bags=bags, list_bytes=list_bytes,
-                            requant=requant is not None, offsets=offsets)
-    assert lay.size <= len(tb.ram.mem), f"the job needs {lay.size} bytes of DRAM"
-    specs = [EmbagTable(**{**s.__dict__, "table_addr": a, "row_stride": st})
-             for s, a, st in zip(specs, lay.table_addrs, lay.row_strides)]
-    plan = plan_embag(cfg, specs, mode=mode, list_addr=lay.list_addr, out_addr=lay.out_addr,
-                      first_id=1)
-    mem = tb.dram()
-    for table, addr, stride in zip(tables, lay.table_addrs, lay.row_strides):
-        rows, dim = table.shape
-        at = addr + np.arange(rows)[:, None] * stride + np.arange(dim)[None, :]
-        mem[at] = table.view(np.uint8)
-    for addr, block in plan.blocks:
-        mem[addr:addr + len(block)] = block
+    plan, lay, mem = place_embag_job(tb, tables, specs, mode=mode, requant=requant,
+                                     offsets=offsets)
     before = mem.copy()
     expected = mem.copy()
     out = (lay.out_addr, lay.out_addr + lay.out_bytes)
@@ -740,22 +730,43 @@ async def fault_watchdog(dut):
 async def fault_soft_reset(dut):
     """SOFT_RESET in the middle of GEMM and embedding-bag jobs (after a random part of the plan
     and a random delay): the DRAM outside the output is untouched, and the next job is correct
-    (a completion of the interrupted job is never taken for one of the next)."""
+    (a completion of the interrupted job is never taken for one of the next, and nothing the
+    interrupted job still writes into the scratchpad lands on the next job's operands)."""
     ft, _ = await directed(dut, [(k, "reset") for k in ("gemm", "embag")] * 3,
                            latency=(0, 40))
     # A sweep of the reset's moment over whole jobs (all commands pushed): every read the DMA
     # or the embedding-bag engine was granted must still be answered (the scratchpad used to
     # be reset too, and a soft reset could then leave the embedding-bag engine waiting
     # forever: the watchdog caught it in the chaos run).
+    # The next job is of either kind: an interrupted embedding-bag job still writes the bags it
+    # had finished (slowly, in mean mode) and the DMA its old loads, and a GEMM pushed at once
+    # must not start before they have (the chaos run caught a GEMM operand overwritten so).
     ft.set_traffic((20, 100), 0.3)
     for kind in ("embag", "gemm"):
-        for delay in range(0, 1200, 23):
+        for n, delay in enumerate(range(0, 1200, 23)):
             job = gemm_job_prep(ft.tb, ft.rng) if kind == "gemm" else \
                 embag_job_prep(ft.tb, ft.rng)
             ctx = choose_fault_context(ft, job, "reset")
             ctx.update(delay=delay, prefix=len(job.commands))
             out, _, _ = await run_job(ft, job, "reset", ctx)
             assert out.status == "reset", f"{job.desc}, reset after {delay}: {out.detail}"
+            job = gemm_job_prep(ft.tb, ft.rng) if n % 2 else embag_job_prep(ft.tb, ft.rng)
+            out, _, err = await run_job(ft, job, "none")
+            assert out.status == "ok", \
+                f"{job.desc} after a reset {delay} cycles into a job: {out.status} {err} " \
+                f"{out.detail} (seed {ft.tb.seed})"
+    # Long drains: mean-mode bags (the divider takes several cycles per output word), stopped
+    # by a reset or by a store refused by the write window (the engine then waits with bags
+    # pooled until SOFT_RESET cancels it and writes them), then a GEMM pushed at once.
+    for n, delay in enumerate(range(150, 1500, 150)):
+        fault = ("reset", "wr_window")[n % 2]
+        job = embag_job_prep(ft.tb, ft.rng, max_bags=12, dims=(8, 200), mode="mean")
+        ctx = choose_fault_context(ft, job, fault)
+        if fault == "reset":
+            ctx.update(delay=delay, prefix=len(job.commands))
+        out, _, _ = await run_job(ft, job, fault, ctx)
+        assert out.status in ("reset", "error"), f"{job.desc}, {fault}: {out.detail}"
+        for kind in ("gemm", "embag"):
             job = gemm_job_prep(ft.tb, ft.rng) if kind == "gemm" else \
                 embag_job_prep(ft.tb, ft.rng)
             out, _, err = await run_job(ft, job, "none")

@@ -59,6 +59,36 @@ def _specs(tables, indices, lengths, weights, requant):
             for t in range(n)]
 
 
+def place_embag_job(tb, tables, specs, *, mode, requant, offsets=None, strides=None,
+                    first_id=1):
+    """Lay an embedding-bag job out in the testbench's DRAM and plan it.
+
+    ``specs`` are :class:`EmbagTable` without addresses. A dry plan sizes the index and length
+    lists, :func:`embag_dram_layout` places the tables (``offsets``, ``strides``), the lists and
+    the output, and the tables and lists are written into DRAM. Returns ``(plan, layout, mem)``
+    (``mem`` is the DRAM image, a view of the model's memory).
+    """
+    cfg = tb.cfg
+    dry = plan_embag(cfg, specs, mode=mode, list_addr=0, out_addr=0)
+    list_bytes = sum(len(b) for _, b in dry.blocks)
+    lay = embag_dram_layout(cfg, [t.shape for t in tables], bags=len(specs[0].lengths),
+                            list_bytes=list_bytes, requant=requant is not None,
+                            offsets=offsets, strides=strides)
+    assert lay.size <= len(tb.ram.mem), f"the job needs {lay.size} bytes of DRAM"
+    specs = [EmbagTable(**{**s.__dict__, "table_addr": a, "row_stride": st})
+             for s, a, st in zip(specs, lay.table_addrs, lay.row_strides)]
+    plan = plan_embag(cfg, specs, mode=mode, list_addr=lay.list_addr, out_addr=lay.out_addr,
+                      first_id=first_id)
+    mem = tb.dram()
+    for table, addr, stride in zip(tables, lay.table_addrs, lay.row_strides):
+        rows, dim = table.shape
+        at = addr + np.arange(rows)[:, None] * stride + np.arange(dim)[None, :]
+        mem[at] = table.view(np.uint8)
+    for addr, block in plan.blocks:
+        mem[addr:addr + len(block)] = block
+    return plan, lay, mem
+
+
 async def embag_job(tb, tables, indices, lengths, *, weights=None, mode="sum", requant=None,
                     offsets=None, strides=None, first_id=1, golden=True, timeout=1_000_000,
                     dram_check=True):
@@ -75,26 +105,11 @@ async def embag_job(tb, tables, indices, lengths, *, weights=None, mode="sum", r
     Raises :class:`sim.host.EmberHardwareError` (with ``table``, ``bag`` and ``pos`` of the
     whole job for an engine error) after checking that the DRAM is unchanged.
     """
-    cfg = tb.cfg
     specs = _specs(tables, indices, lengths, weights, requant)
     bags = len(specs[0].lengths)
     shapes = [t.shape for t in tables]
-    dry = plan_embag(cfg, specs, mode=mode, list_addr=0, out_addr=0)
-    list_bytes = sum(len(b) for _, b in dry.blocks)
-    lay = embag_dram_layout(cfg, shapes, bags=bags, list_bytes=list_bytes,
-                            requant=requant is not None, offsets=offsets, strides=strides)
-    assert lay.size <= len(tb.ram.mem), f"the job needs {lay.size} bytes of DRAM"
-    specs = [EmbagTable(**{**s.__dict__, "table_addr": a, "row_stride": st})
-             for s, a, st in zip(specs, lay.table_addrs, lay.row_strides)]
-    plan = plan_embag(cfg, specs, mode=mode, list_addr=lay.list_addr, out_addr=lay.out_addr,
-                      first_id=first_id)
-    mem = tb.dram()
-    for table, addr, stride in zip(tables, lay.table_addrs, lay.row_strides):
-        rows, dim = table.shape
-        at = addr + np.arange(rows)[:, None] * stride + np.arange(dim)[None, :]
-        mem[at] = table.view(np.uint8)
-    for addr, block in plan.blocks:
-        mem[addr:addr + len(block)] = block
+    plan, lay, mem = place_embag_job(tb, tables, specs, mode=mode, requant=requant,
+                                     offsets=offsets, strides=strides, first_id=first_id)
     expected = mem.copy()
     out_lo, out_hi = lay.out_addr, lay.out_addr + lay.out_bytes
     tb.log.info("embedding bags: %d table(s) %s, %d bags, mode %s%s, %d segments, %d commands "
@@ -137,7 +152,7 @@ async def embag_job(tb, tables, indices, lengths, *, weights=None, mode="sum", r
     assert err["code"] == 0, f"error registers set after a clean run: {err}"
     tb.log.info("embedding bags: %d cycles (PERF_CYCLES %d, engine busy %d), %d bytes gathered, "
                 "%.3f of the bus", host_cycles, perf["cycles"], perf["busy3"],
-                plan.bytes_gathered, plan.bytes_gathered / (perf["cycles"] * cfg.bus_bytes))
+                plan.bytes_gathered, plan.bytes_gathered / (perf["cycles"] * tb.cfg.bus_bytes))
     return {"out": out, "plan": plan, "layout": lay, "perf": perf, "host_cycles": host_cycles}
 
 
