@@ -23,7 +23,8 @@ firmware, and are meant for while ``CTRL.CPU_RESET`` holds the core. Reads there
 from dataclasses import dataclass
 
 __all__ = ["Reg", "REGS", "BY_NAME", "IMEM_WINDOW", "HOST_ADDR_WIDTH", "ID_VALUE", "VERSION",
-           "N_QUEUES", "QUEUE_NAMES", "OPCODES", "c_header", "markdown"]
+           "N_QUEUES", "QUEUE_NAMES", "OPCODES", "IRQ_ERROR", "IRQ_FW", "IRQ_DONE", "IRQ_IDLE",
+           "IRQ_BITS", "c_header", "markdown"]
 
 ID_VALUE = 0x454D4252      # "EMBR"
 VERSION = 0x0001_0000      # 1.0
@@ -34,6 +35,13 @@ IMEM_WINDOW = 0x8000       # host byte offset of IMEM (up to 32 KB)
 QUEUE_NAMES = ("load", "store", "gemm", "embag")
 OPCODES = {"load": 1, "store": 2, "gemm": 3, "embag": 4}
 N_QUEUES = len(QUEUE_NAMES)
+
+# Interrupt causes: bit numbers in IRQ_STATUS and IRQ_ENABLE.
+IRQ_ERROR = 0              # an error was captured
+IRQ_FW = 1                 # the firmware wrote FW_IRQ
+IRQ_DONE = 2               # DONE<q> = bit IRQ_DONE + q: queue q completed a command
+IRQ_IDLE = IRQ_DONE + N_QUEUES   # STATUS.BUSY fell: every queue drained
+IRQ_BITS = IRQ_IDLE + 1
 
 
 @dataclass(frozen=True)
@@ -67,8 +75,10 @@ def _regs():
         Reg("MAILBOX", 0x01C, "rw", "r", "host → firmware word, e.g. a job pointer in DRAM"),
         Reg("FW_STATUS", 0x020, "r", "rw", "firmware → host word, e.g. jobs finished"),
         Reg("IRQ_STATUS", 0x024, "w1c", "r",
-            "bit 0 ERROR (an error was captured), bit 1 FW (firmware raised FW_IRQ); "
-            "write 1 to clear"),
+            "bit 0 ERROR (an error was captured), bit 1 FW (firmware raised FW_IRQ), "
+            "bits 2-5 DONE0-3 (queue 0-3 completed a command), bit 6 IDLE (STATUS.BUSY fell: "
+            "every queue drained); each latches until written 1 (an event in the cycle of the "
+            "write wins)"),
         Reg("IRQ_ENABLE", 0x028, "rw", "r", "bits as IRQ_STATUS; irq = |(STATUS & ENABLE)"),
         Reg("FW_IRQ", 0x02C, "-", "w", "firmware: write 1 to set IRQ_STATUS.FW"),
         Reg("ERR_CODE", 0x030, "r", "r",

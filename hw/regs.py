@@ -100,8 +100,8 @@ class Registers(wiring.Component):
         doorbell = Signal(32)
         mailbox = Signal(32, name="host_mailbox")
         fw_status = Signal(32)
-        irq_status = Signal(2)
-        irq_enable = Signal(2)
+        irq_status = Signal(regmap.IRQ_BITS)
+        irq_enable = Signal(regmap.IRQ_BITS)
         cycles = Signal(64)
         gemm_steps, gemm_stall = Signal(32), Signal(32)
         rd_beats, wr_beats = Signal(32), Signal(32)
@@ -252,10 +252,29 @@ class Registers(wiring.Component):
                 m.d.sync += [busy_cycles[q].eq(busy_cycles[q] + busy_r[q]),
                              wait_cycles[q].eq(wait_cycles[q] + waiting_r[q])]
 
-        # Interrupts: errors latch into IRQ_STATUS.ERROR.
-        with m.If(self.cp_error != 0):
-            m.d.sync += irq_status[0].eq(1)
-        m.d.comb += self.irq.eq((irq_status & irq_enable).any())
+        # Interrupts: errors latch into IRQ_STATUS.ERROR; a completion in queue q latches
+        # DONE<q> (a queue's count goes up by at most one a cycle, so its low bit toggles); BUSY
+        # falling (every queue drained) latches IDLE. A W1C write in the same cycle as an event
+        # loses to the event, so a host that clears a cause and then reads the state it
+        # reports cannot miss an event between the two. `irq` also sees the events of this
+        # cycle, before they are latched: a host reacts one cycle sooner.
+        busy = Signal()
+        busy_prev = Signal()
+        done_lsb = Signal(nq)
+        events = Signal(regmap.IRQ_BITS)
+        m.d.comb += busy.eq(Cat(self.cp_pending[q] != 0 for q in range(nq)).any())
+        m.d.sync += [busy_prev.eq(busy),
+                     done_lsb.eq(Cat(self.cp_completed[q][0] for q in range(nq)))]
+        with m.If(self.soft_reset):      # the counts are zeroed with it: no DONE for that
+            m.d.sync += done_lsb.eq(0)
+        m.d.comb += events[regmap.IRQ_ERROR].eq(self.cp_error != 0)
+        for q in range(nq):
+            m.d.comb += events[regmap.IRQ_DONE + q].eq(self.cp_completed[q][0] != done_lsb[q])
+        m.d.comb += events[regmap.IRQ_IDLE].eq(busy_prev & ~busy)
+        for bit in (regmap.IRQ_ERROR, *range(regmap.IRQ_DONE, regmap.IRQ_IDLE + 1)):
+            with m.If(events[bit]):
+                m.d.sync += irq_status[bit].eq(1)
+        m.d.comb += self.irq.eq(((irq_status | events) & irq_enable).any())
         return m
 
     def _write(self, m, side, name, value, locals_):
@@ -270,12 +289,12 @@ class Registers(wiring.Component):
         elif name == "FW_STATUS":
             m.d.sync += v["fw_status"].eq(value)
         elif name == "IRQ_STATUS":       # write 1 to clear
-            m.d.sync += v["irq_status"].eq(v["irq_status"] & ~value[:2])
+            m.d.sync += v["irq_status"].eq(v["irq_status"] & ~value[:regmap.IRQ_BITS])
         elif name == "IRQ_ENABLE":
-            m.d.sync += v["irq_enable"].eq(value[:2])
+            m.d.sync += v["irq_enable"].eq(value[:regmap.IRQ_BITS])
         elif name == "FW_IRQ":
             with m.If(value[0]):
-                m.d.sync += v["irq_status"][1].eq(1)
+                m.d.sync += v["irq_status"][regmap.IRQ_FW].eq(1)
         elif name.startswith("CMD") and name[3:].isdigit():
             m.d.sync += v["stage"][int(name[3:])].eq(value)
         elif name == "CMD_PUSH":

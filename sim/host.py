@@ -653,7 +653,9 @@ class RegisterBus:
     ``async read(offset)`` returns the 32-bit value or raises :class:`BusError`;
     ``post(offset, value)`` queues a write (writes complete in order); ``async flush()`` waits for
     every queued write and raises :class:`BusError` if one failed; ``cycle()`` is the current
-    clock cycle (for time limits).
+    clock cycle (for time limits). A port with the interrupt line also has ``async
+    wait_irq(deadline)``: return when ``irq`` is high (at once if it is) or at cycle
+    ``deadline``, whichever is first (used by ``HostDriver(irq=True)``).
     """
 
     async def read(self, offset):
@@ -666,6 +668,9 @@ class RegisterBus:
         raise NotImplementedError
 
     def cycle(self):
+        raise NotImplementedError
+
+    async def wait_irq(self, deadline):
         raise NotImplementedError
 
 
@@ -684,17 +689,33 @@ class HostDriver:
     that the polls do not take bus slots from them. Only the staging words that changed since
     the last push are written (the staging registers keep their values).
 
+    With ``irq=True`` the driver does not poll while it waits: it enables the interrupt cause it
+    waits for (``DONE<q>`` for room in queue q, ``IDLE`` for the queues to drain) and ``ERROR``
+    in ``IRQ_ENABLE``, clears both (W1C) and waits for its posted writes, reads the state
+    once (``Q_COMPLETED<q>`` or ``STATUS``) and, if it must still wait, awaits the ``irq`` line
+    (:meth:`RegisterBus.wait_irq`) before reading again. The clear precedes the read, so an
+    event after the read is latched and raises ``irq``; none is missed. The driver then owns
+    ``IRQ_ENABLE`` (it leaves its last value there).
+
     Parameters
     ----------
     bus : RegisterBus
     timeout : int
         Cycle budget of each wait.
+    log : logging.Logger or None
+    irq : bool
+        Wait on the interrupt line instead of polling (the bus must implement ``wait_irq``).
     """
 
-    def __init__(self, bus, *, timeout=1_000_000, log=None):
+    def __init__(self, bus, *, timeout=1_000_000, log=None, irq=False):
+        if not isinstance(irq, bool):
+            raise TypeError(f"irq must be a bool, not {irq!r}")
         self.bus = bus
         self.timeout = timeout
         self.log = log
+        self.irq = irq
+        self.irq_enable = None       # the last value the driver wrote to IRQ_ENABLE
+        self.irq_waits = 0
         self.staged = [None] * 8
         self.pushed = [0] * regmap.N_QUEUES
         self.completed = [0] * regmap.N_QUEUES
@@ -736,12 +757,41 @@ class HostDriver:
     def _deadline(self, timeout=None):
         return self.bus.cycle() + (self.timeout if timeout is None else timeout)
 
+    def _arm(self, cause):
+        """Post ``IRQ_ENABLE = ERROR | cause`` (if it changed) and the W1C of both; the caller
+        flushes before it reads the state the cause reports. (``ERROR`` is latched again at
+        once while an error is held; clearing it drops one left from an earlier job.)"""
+        enable = 1 << regmap.IRQ_ERROR | cause
+        if enable != self.irq_enable:
+            self.write("IRQ_ENABLE", enable)
+            self.irq_enable = enable
+        self.write("IRQ_STATUS", enable)
+
+    async def _sleep(self, woke, cause, deadline):
+        """One wait of an ``irq=True`` loop that found no progress: after a wake-up (``woke``)
+        clear ``cause`` again and return to read the state (the wake was an error or a timeout,
+        which the caller has checked); else await ``irq``. Returns the new ``woke``."""
+        if woke:
+            self._arm(cause)
+            await self.bus.flush()
+            return False
+        self.irq_waits += 1
+        await self.bus.wait_irq(deadline)
+        return True
+
+    def _full(self, q):
+        return (self.pushed[q] - self.completed[q]) & _MASK32 >= QUEUE_DEPTH
+
     async def _room(self, q, deadline):
-        if (self.pushed[q] - self.completed[q]) & _MASK32 >= QUEUE_DEPTH:
+        cause = 1 << (regmap.IRQ_DONE + q)
+        woke = False
+        if self._full(q):
+            if self.irq:
+                self._arm(cause)
             # Let the posted pushes reach the hardware first: polling while writes are queued
             # only takes bus slots from them.
             await self.bus.flush()
-        while (self.pushed[q] - self.completed[q]) & _MASK32 >= QUEUE_DEPTH:
+        while self._full(q):
             before = self.completed[q]
             self.completed[q] = await self.read(f"Q_COMPLETED{q}")
             self.credit_reads += 1
@@ -750,6 +800,8 @@ class HostDriver:
                 if self.bus.cycle() > deadline:
                     raise EmberTimeout(f"queue {q} ({regmap.QUEUE_NAMES[q]}) made no progress "
                                        f"for {self.timeout} cycles")
+                if self.irq:
+                    woke = await self._sleep(woke, cause, deadline)
 
     async def push(self, cmd, *, deadline=None):
         """Stage and push one :class:`Command` (waiting for room in its queue)."""
@@ -772,11 +824,16 @@ class HostDriver:
         await self.bus.flush()
 
     async def wait_idle(self, timeout=None):
-        """Wait until every queue is empty (``STATUS.BUSY`` low and ``Q_PENDING*`` zero).
+        """Wait until every queue is empty: ``STATUS.BUSY`` low (it is the OR of
+        ``Q_PENDING* != 0``, sampled in one cycle, so those are not read again).
 
         Raises :class:`EmberHardwareError` as soon as ``STATUS.ERROR`` is seen, and
         :class:`EmberTimeout` after the cycle budget.
         """
+        cause = 1 << regmap.IRQ_IDLE
+        woke = False
+        if self.irq:
+            self._arm(cause)
         await self.bus.flush()
         start = self.bus.cycle()
         deadline = self._deadline(timeout)
@@ -785,13 +842,13 @@ class HostDriver:
             if status & 2:
                 await self.raise_if_error()
             if not status & 1:
-                pending = [await self.read(f"Q_PENDING{q}") for q in range(regmap.N_QUEUES)]
-                if not any(pending):
-                    return
+                return
             if self.bus.cycle() > deadline:
                 pending = [await self.read(f"Q_PENDING{q}") for q in range(regmap.N_QUEUES)]
                 raise EmberTimeout(f"queues not drained after {deadline - start} cycles "
                                    f"(Q_PENDING {pending})")
+            if self.irq:
+                woke = await self._sleep(woke, cause, deadline)
 
     async def soft_reset(self):
         """``CTRL.SOFT_RESET`` (keeping ``CPU_RESET`` as it is); forget the queue bookkeeping.

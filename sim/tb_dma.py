@@ -25,7 +25,8 @@ import os
 import cocotb
 import numpy as np
 from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, Event, RisingEdge
+from cocotb.simtime import get_sim_time
+from cocotb.triggers import ClockCycles, Event, RisingEdge, Timer
 from cocotbext.axi import AxiBus, AxiRam
 from cocotbext.axi.axi_ram import AxiRamRead, AxiRamWrite
 from cocotbext.axi.memory import Memory
@@ -35,6 +36,8 @@ from sim import golden_dma as G
 from sim.streams import StreamSink, StreamSource, random_seed
 
 MiB = 1 << 20
+#: Clock period of the harnesses that use :class:`Dram` (rising edges at multiples of it).
+PERIOD_NS = 10
 
 
 
@@ -126,8 +129,24 @@ class Dram(AxiRam):
         return lo if lo == hi else int(self.tb.rng.integers(lo, hi + 1))
 
     async def _wait_until(self, cycle):
-        if self.tb.cycle < cycle:
-            await ClockCycles(self.tb.dut.clk, cycle - self.tb.cycle)
+        """Return on the rising edge of ``cycle`` (at once if it has passed), as
+        ``ClockCycles(clk, cycle - now)`` would. A long wait is one timer to the middle of the
+        cycle before it and one edge, not one Python wake-up per cycle (``ClockCycles`` awaits
+        every edge in turn)."""
+        n = cycle - self.tb.cycle
+        if n <= 0:
+            return
+        clk = self.tb.dut.clk
+        if n < 3:
+            await ClockCycles(clk, n)
+            return
+        period = PERIOD_NS * 1000
+        now = round(get_sim_time("ps"))
+        # Rising edges are at multiples of the period: the n-th edge from now is at
+        # base + n·period; stop half a period before it, then await that edge.
+        base = now - now % period
+        await Timer(base + (n - 1) * period + period // 2 - now, "ps")
+        await RisingEdge(clk)
 
     def _check_burst(self, kind, addr, length, size, burst):
         beats = length + 1
@@ -236,7 +255,7 @@ class TB:
         self.rng = np.random.default_rng(self.seed)
         self.log.info("config %s, seed %d (replay with EMBER_SEED=%d)",
                       cfg.name, self.seed, self.seed)
-        cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
+        cocotb.start_soon(Clock(dut.clk, PERIOD_NS, unit="ns").start())
         self.dram = Dram(self, size=MiB)
         self.dram.mem[:] = self.rng.integers(0, 256, MiB, dtype=np.uint8).tobytes()
         self.load = StreamSource(dut, "load", dut.clk)

@@ -50,7 +50,7 @@ async def _embedding_bag(dut, job_dir, spec):
     if all(w is None for w in weights):
         weights = None
     tb = await new_tb(dut, latency=spec.get("dram_latency", 0), dram_size=spec["dram_size"],
-                      seed=spec.get("seed", 0))
+                      seed=spec.get("seed", 0), host_irq=True)
     try:
         out = await embag_job(tb, tables, indices, lengths, weights=weights, mode=spec["mode"],
                               requant=spec.get("requant"), golden=False,
@@ -89,15 +89,16 @@ async def job(dut):
         if spec.get("kind") != "gemm":
             raise ValueError(f"unknown job kind {spec.get('kind')!r}")
         a, b = _load(job_dir, "a"), _load(job_dir, "b")
+        driver = spec.get("driver", "host")
+        if driver not in ("host", "firmware"):
+            raise ValueError(f"unknown driver {driver!r}")
+        # The host driver sleeps on the interrupt line instead of polling the registers.
         tb = TB(dut, dram_size=spec["dram_size"], seed=spec.get("seed", 0),
-                dram_latency=spec.get("dram_latency"))
+                dram_latency=spec.get("dram_latency"), host_irq=driver == "host")
         await tb.reset()
         tb.fill_dram_random()
         prelude = [H.Command(c["queue"], tuple(c["words"]), "prelude")
                    for c in spec.get("prelude", [])]
-        driver = spec.get("driver", "host")
-        if driver not in ("host", "firmware"):
-            raise ValueError(f"unknown driver {driver!r}")
         kwargs = dict(bias=_load(job_dir, "bias"), multiplier=_load(job_dir, "multiplier"),
                       shift=_load(job_dir, "shift"), zero_point=spec["zero_point"],
                       act_min=spec["act_min"], act_max=spec["act_max"], golden=False,

@@ -28,7 +28,7 @@ from pathlib import Path
 import cocotb
 import numpy as np
 from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, Edge, ReadOnly, RisingEdge, with_timeout
+from cocotb.triggers import ClockCycles, Edge, First, ReadOnly, RisingEdge, Timer, with_timeout
 from cocotb.utils import get_sim_time
 from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam, AxiResp
 
@@ -106,6 +106,14 @@ class HostPort(H.RegisterBus):
     def cycle(self):
         return self.tb.cycle()
 
+    async def wait_irq(self, deadline):
+        """Return when ``irq`` is high (at once if it is) or at cycle ``deadline``."""
+        irq = self.tb.dut.irq
+        remaining = deadline - self.cycle()
+        if irq.value or remaining <= 0:
+            return
+        await First(RisingEdge(irq), Timer(remaining * PERIOD_NS, "ns"))
+
 
 class _DramOwner:
     """What ``sim.tb_dma.Dram`` needs from its testbench: the DUT, the geometry, the random
@@ -136,10 +144,14 @@ class TB:
         None: cocotbext-axi's ``AxiRam`` (one burst at a time). An integer: the pipelined
         ``sim.tb_dma.Dram``, which answers every burst that many cycles after it was accepted,
         with many bursts in flight (``ram.latency`` may be changed later).
+    host_irq : bool
+        The host driver waits on the ``irq`` line instead of polling
+        (``sim.host.HostDriver(irq=True)``; it then owns ``IRQ_ENABLE``). Off by default, for
+        the tests that check ``irq`` and ``IRQ_STATUS`` themselves.
     """
 
     def __init__(self, dut, *, dram_size=1 << 20, backpressure=False, seed=None,
-                 dram_latency=None):
+                 dram_latency=None, host_irq=False):
         self.dut = dut
         self.log = dut._log
         self.cfg = EmberConfig.from_json(os.environ["EMBER_CONFIG"])
@@ -165,7 +177,7 @@ class TB:
             model.log.setLevel(logging.WARNING)
         self.set_backpressure(backpressure)
         self.port = HostPort(self)
-        self.driver = H.HostDriver(self.port, log=self.log)
+        self.driver = H.HostDriver(self.port, log=self.log, irq=host_irq)
 
     # -- time, reset ------------------------------------------------------------------------
 
@@ -459,7 +471,8 @@ async def registers(dut):
             assert got == before[r.name], f"read-only {r.name} changed to {got:#x} by a write"
 
     # Read/write registers hold what is written; write-only ones read 0.
-    for name, mask in [("MAILBOX", MASK32), ("IRQ_ENABLE", 0b11), *((f"CMD{i}", MASK32)
+    for name, mask in [("MAILBOX", MASK32), ("IRQ_ENABLE", (1 << regmap.IRQ_BITS) - 1),
+                       *((f"CMD{i}", MASK32)
                        for i in range(8)), *((f"ARG{i}", MASK32) for i in range(16)),
                        *((f"SEM{i}", 0xFF) for i in range(16))]:
         value = int(tb.rng.integers(0, 1 << 32))
@@ -685,10 +698,84 @@ async def irq_status_read(dut):
     await tb.push_command(bad.words)
     await ClockCycles(dut.clk, 50)
     assert await tb.read_reg("ERR_CODE") == 0x13
-    assert await tb.read_reg("IRQ_STATUS") == 1, "IRQ_STATUS.ERROR does not read 1"
+    # ERROR, with DONE0 if the failed load counted as completed and IDLE if the queues drained.
+    expect = 1 << regmap.IRQ_ERROR
+    if await tb.read_reg("Q_COMPLETED0"):
+        expect |= 1 << regmap.IRQ_DONE
+    if not await tb.read_reg("STATUS") & 1:
+        expect |= 1 << regmap.IRQ_IDLE
+    got = await tb.read_reg("IRQ_STATUS")
+    assert got == expect, f"IRQ_STATUS reads {got:#x} after a failed load, not {expect:#x}"
     await tb.driver.soft_reset()
-    await tb.write_reg("IRQ_STATUS", 1)
+    await tb.write_reg("IRQ_STATUS", (1 << regmap.IRQ_BITS) - 1)
     assert await tb.read_reg("IRQ_STATUS") == 0
+
+
+@cocotb.test()
+async def irq_causes(dut):
+    """IRQ_STATUS.DONE<q> latches a completion in queue q and IDLE the queues draining (a
+    SOFT_RESET zeroing the counts is no completion); each raises ``irq`` only when enabled in
+    IRQ_ENABLE, and W1C clears it. A load then a store: the whole DRAM is checked."""
+    tb = TB(dut, dram_size=1 << 16)
+    await tb.reset()
+    tb.fill_dram_random()
+    before = tb.dram().copy()
+    DONE = [1 << (regmap.IRQ_DONE + q) for q in range(regmap.N_QUEUES)]
+    IDLE, ALL = 1 << regmap.IRQ_IDLE, (1 << regmap.IRQ_BITS) - 1
+    assert await tb.read_reg("IRQ_STATUS") == 0
+    row = 4 * tb.cfg.bus_bytes
+    for q, cmd in enumerate([
+            H.dma_command("load", 1, dram_addr=0x100, sram_addr=0, rows=1, row_bytes=row),
+            H.dma_command("store", 2, dram_addr=0x1000, sram_addr=0, rows=1, row_bytes=row)]):
+        await tb.push_command(cmd.words)
+        await tb.driver.wait_idle(timeout=10_000)
+        assert await tb.read_reg(f"Q_COMPLETED{q}") == 1
+        got = await tb.read_reg("IRQ_STATUS")
+        assert got == DONE[q] | IDLE, f"IRQ_STATUS {got:#x} after a {cmd.note}"
+        assert dut.irq.value == 0, "irq with IRQ_ENABLE 0"
+        for enable in (DONE[q], IDLE, DONE[q] | IDLE, ALL & ~(DONE[q] | IDLE)):
+            await tb.write_reg("IRQ_ENABLE", enable)
+            await ClockCycles(dut.clk, 1)
+            want = int(bool(enable & (DONE[q] | IDLE)))
+            assert dut.irq.value == want, f"irq {dut.irq.value} with IRQ_ENABLE {enable:#x}"
+        await tb.write_reg("IRQ_ENABLE", DONE[q] | IDLE)
+        await tb.write_reg("IRQ_STATUS", DONE[q])
+        assert await tb.read_reg("IRQ_STATUS") == IDLE
+        assert dut.irq.value == 1
+        await tb.write_reg("IRQ_STATUS", IDLE)
+        assert await tb.read_reg("IRQ_STATUS") == 0
+        await ClockCycles(dut.clk, 1)
+        assert dut.irq.value == 0, "irq after W1C of every cause"
+        await tb.write_reg("IRQ_ENABLE", 0)
+    expected = before.copy()
+    expected[0x1000:0x1000 + row] = before[0x100:0x100 + row]
+    tb.check_dram(expected, "after a load and a store: ")
+    # SOFT_RESET zeroes Q_COMPLETED0/1 (low bits 1 -> 0): no DONE.
+    await tb.driver.soft_reset()
+    await ClockCycles(dut.clk, 4)
+    assert [await tb.read_reg(f"Q_COMPLETED{q}") for q in range(2)] == [0, 0]
+    assert await tb.read_reg("IRQ_STATUS") == 0
+
+
+@cocotb.test()
+async def irq_driven_gemm(dut):
+    """The host driver sleeping on ``irq`` (``HostDriver(irq=True)``) instead of polling: a
+    GEMM bit-exact (whole DRAM), with a handful of register reads where polling takes thousands."""
+    tb = TB(dut, dram_size=1 << 18, host_irq=True, dram_latency=20)
+    await tb.reset()
+    tb.fill_dram_random()
+    R, C, L = tb.cfg.pe_rows, tb.cfg.pe_cols, tb.cfg.pe_lanes
+    a, b, params = _operands(tb, 12 * R + 1, 2 * L + 3, 12 * C - 1, requant=True)
+    job = await gemm_job(tb, a, b, **params)
+    check_counters(tb, job)
+    drv = tb.driver
+    tb.log.info("irq-driven GEMM: %d cycles, %d register reads (%d for room), %d interrupt "
+                "waits", job["perf"]["cycles"], tb.port.reads, drv.credit_reads, drv.irq_waits)
+    assert drv.irq_waits > 0 and drv.credit_reads > 0, "no wait for room and for idle"
+    # Per wait: the state read after the wake (and STATUS if it showed no progress), besides
+    # the first read of each wait and the counters read at the end.
+    assert tb.port.reads <= 3 * drv.irq_waits + 40, tb.port.reads
+    assert drv.irq_enable == 1 << regmap.IRQ_ERROR | 1 << regmap.IRQ_IDLE
 
 
 @cocotb.test()

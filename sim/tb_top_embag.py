@@ -42,8 +42,8 @@ def golden_output(tables, indices, lengths, weights, mode, requant):
     return np.concatenate(cols, axis=1)
 
 
-async def new_tb(dut, *, latency=0, dram_size=1 << 21, seed=None):
-    tb = TB(dut, dram_size=dram_size, seed=seed, dram_latency=latency)
+async def new_tb(dut, *, latency=0, dram_size=1 << 21, seed=None, host_irq=False):
+    tb = TB(dut, dram_size=dram_size, seed=seed, dram_latency=latency, host_irq=host_irq)
     await tb.reset()
     tb.fill_dram_random()
     return tb

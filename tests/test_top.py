@@ -22,7 +22,7 @@ from sim.runner import VEXRISCV_VLT, build_rtl, run_cocotb
 
 TOP_TESTS = ["registers", "random_gemms", "multi_block_gemm", "requant_corners",
              "error_and_recovery", "queue_pacing", "perf_counters", "firmware_boot",
-             "irq_status_read", "dma_field_overflow", "store_blocks", "soft_reset_dma_in_flight",
+             "irq_status_read", "irq_causes", "irq_driven_gemm", "dma_field_overflow", "store_blocks", "soft_reset_dma_in_flight",
              "double_signal",
              "firmware_gemms", "firmware_vs_host", "firmware_errors"]
 
