@@ -31,8 +31,8 @@
  *                             ERR_QUEUE); the firmware stopped pushing. Recover with
  *                             CTRL.SOFT_RESET.
  *           0x04 BAD_ARGS     M, K or N is 0
- *           0x05 UNSUPPORTED  fewer than 8 scratchpad banks, R > bank depth, or banks too deep
- *                             for 16-bit GEMM word addresses
+ *           0x05 UNSUPPORTED  fewer than 8 scratchpad banks, R > bank depth, or a scratchpad
+ *                             too large for 16-bit GEMM word addresses
  *           0x06 TIMEOUT      no completion for the watchdog's cycles (no error held)
  *           0x07 TRAP         the firmware trapped (a bug); it halts: pulse CTRL.CPU_RESET
  *           0x80 READY        written once at boot (jobs = 0): the host may ring DOORBELL
@@ -42,9 +42,12 @@
  *
  * The plan (sim/host.py module docstring) in short
  * ------------------------------------------------
- * Banks 0/1 A, 2/3 B, 4/5 C, 6/7 parameters (ping-pong slots). Blocks of mb x nb tiles; the
- * operand with less DRAM traffic is the inner one (reloaded per job). Semaphores 0 OPS_FREE = 2,
- * 1 OPS_READY = 0, 2 C_FREE = 2, 3 C_READY = 0. Loads of a job are, in plan_gemm's order, the
+ * ns = banks / 4 slots per operand (2 with 8 banks: ping-pong), one bank each: A in banks
+ * [0, ns), B in [ns, 2ns), C in [2ns, 3ns), parameters in [3ns, 4ns); job t's inner operand in
+ * slot t % ns, outer block o's operand in slot o % ns, output block u's C in slot u % ns.
+ * Blocks of mb x nb tiles; the operand with less DRAM traffic is the inner one (reloaded per
+ * job). Semaphores 0 OPS_FREE = ns, 1 OPS_READY = 0, 2 C_FREE = ns, 3 C_READY = 0. Loads of a
+ * job are, in plan_gemm's order, the
  * inner operand, the outer one if it changes, the parameters if B was loaded.
  * When ceil(K / L) steps exceed a bank, K is split into kc chunks (k_chunks): every output block
  * then takes kc jobs, one GEMM command each (the first adds the bias, the later ones accumulate
@@ -107,6 +110,7 @@ typedef struct {
     uint32_t e;                  /* bytes per C element */
     uint32_t a_addr, b_addr, p_addr, c_addr, out;
     uint32_t bank;               /* scratchpad words per bank (depth) */
+    uint32_t ns;                 /* slots per operand: banks / 4, a power of two */
     uint32_t m_last, n_last;     /* tiles of the last block row / column */
     uint32_t a_blk, b_blk;       /* DRAM bytes of an A block (mb row tiles), a B block */
     uint32_t p_blk;              /* DRAM bytes of a block's parameters (3 words per tile) */
@@ -244,7 +248,7 @@ static __attribute__((noinline)) void emit_stores(const plan_t *p, uint32_t u, u
     cmd[6] = p->row_stride;
     cmd[7] = p->W;
     uint32_t dram_row = p->c_addr + i * p->c_blk_row + j * p->c_blk_col;
-    uint32_t sram_row = (4 + (u & 1)) * p->bank * p->W;
+    uint32_t sram_row = (2 * p->ns + (u & (p->ns - 1))) * p->bank * p->W;
 #define PIECE(jl_, tiles_, rows_, bytes_)                                                      \
     do {                                                                                       \
         if (have) {                                                                            \
@@ -283,8 +287,8 @@ typedef struct {
 
 /* The slots of job q (plan_gemm step 4); the outer block's index is j when A is the inner
  * operand (jobs = [(i, j) for j ... for i ...]), i when B is; with K chunks both are inner. */
-#define A_SLOT(p, q) (!(p)->inner_a && (p)->kc == 1 ? (q)->i & 1 : (q)->t & 1)
-#define B_SLOT(p, q) ((p)->inner_a ? (q)->j & 1 : (q)->t & 1)
+#define A_SLOT(p, q) ((!(p)->inner_a && (p)->kc == 1 ? (q)->i : (q)->t) & ((p)->ns - 1))
+#define B_SLOT(p, q) (((p)->inner_a ? (q)->j : (q)->t) & ((p)->ns - 1))
 
 /* First step of K chunk k: k·S // kc (kq, kr: S = kq·kc + kr; k·kr < kc² < 2^32). */
 static inline uint32_t chunk_start(const plan_t *p, uint32_t k) {
@@ -313,7 +317,7 @@ static inline void emit_loads(const plan_t *p, const job_t *q) {
     const uint32_t a_dram = p->a_addr + i * p->a_blk;
     const uint32_t a_sram = A_SLOT(p, q) * bank;
     const uint32_t b_slot = B_SLOT(p, q), n_here = last_j ? p->n_last : p->nb;
-    const uint32_t b_dram = p->b_addr + j * p->b_blk, b_sram = (2 + b_slot) * bank;
+    const uint32_t b_dram = p->b_addr + j * p->b_blk, b_sram = (p->ns + b_slot) * bank;
     if (p->kc > 1) {
         const uint32_t k0 = chunk_start(p, q->k);
         const uint32_t bytes = (chunk_start(p, q->k + 1) - k0) * W;
@@ -333,7 +337,7 @@ static inline void emit_loads(const plan_t *p, const job_t *q) {
             push_load(SEM_NONE, SEM_NONE, a_dram, a_sram, m_here * SW);
         }
     }
-    push_load(SEM_NONE, SEM_OPS_READY, p->p_addr + j * p->p_blk, (6 + b_slot) * bank,
+    push_load(SEM_NONE, SEM_OPS_READY, p->p_addr + j * p->p_blk, (3 * p->ns + b_slot) * bank,
               3 * n_here * W);
 }
 
@@ -341,7 +345,7 @@ static inline void emit_loads(const plan_t *p, const job_t *q) {
  * first chunk waits C_FREE, its last signals C_READY. Chunks after the first accumulate (acc),
  * all but the last stay raw. */
 static inline void emit_gemm(const plan_t *p, const job_t *q, uint32_t u) {
-    const uint32_t bank = p->bank, b_slot = B_SLOT(p, q);
+    const uint32_t bank = p->bank, b_slot = B_SLOT(p, q), ns = p->ns;
     const uint32_t m_here = q->i == p->m_blocks - 1 ? p->m_last : p->mb;
     const uint32_t n_here = q->j == p->n_blocks - 1 ? p->n_last : p->nb;
     const uint32_t first = q->k == 0, last = q->k == p->kc - 1;
@@ -349,8 +353,8 @@ static inline void emit_gemm(const plan_t *p, const job_t *q, uint32_t u) {
     if (room(Q_GEMM)) {
         push8(Q_GEMM, header(EMBER_OP_GEMM, SEM_OPS_READY, SEM_OPS_FREE, next_id),
               (first ? SEM_C_FREE : SEM_NONE) | (last ? SEM_C_READY : SEM_NONE) << 5,
-              A_SLOT(p, q) * bank | ((2 + b_slot) * bank) << 16,
-              (4 + (u & 1)) * bank | ((6 + b_slot) * bank) << 16,
+              A_SLOT(p, q) * bank | ((ns + b_slot) * bank) << 16,
+              (2 * ns + (u & (ns - 1))) * bank | ((3 * ns + b_slot) * bank) << 16,
               steps | m_here << 16 | n_here << 24,
               p->out | (last ? 0 : 1) | (first ? 0 : 2), 0, 0);
     }
@@ -424,7 +428,8 @@ static __attribute__((noinline, minsize)) uint32_t plan(plan_t *p, uint32_t M, u
     /* k_chunks: one chunk while S fits a bank, else chunks of at most depth / 4 steps. */
     const uint32_t kc = S <= depth ? 1 : cdiv(S, depth / 4 ? depth / 4 : 1);
     const uint32_t Sc = cdiv(S, kc);
-    if (R > depth || 8 * depth > 0x10000u) {
+    const uint32_t ns = 1u << (log2_banks - 2);   /* slots per operand: banks / 4 */
+    if (R > depth || 4 * ns * depth > 0x10000u) {
         return ST_UNSUPPORTED;
     }
     if (kc > 0xFFFFu) {
@@ -453,6 +458,7 @@ static __attribute__((noinline, minsize)) uint32_t plan(plan_t *p, uint32_t M, u
     p->inner_a = kc == 1 && a_inner <= b_inner;
     p->e = e;
     p->bank = depth;
+    p->ns = ns;
     p->m_last = mt - (m_blocks - 1) * mb;
     p->n_last = nt - (n_blocks - 1) * nb;
     p->a_blk = mb * S * W;
@@ -500,9 +506,9 @@ static __attribute__((noinline)) uint32_t run_gemm(void) {
     if (flags & FLAG_PERF_CLEAR) {
         MMIO(EMBER_PERF_CLEAR) = 1;
     }
-    MMIO(EMBER_SEM0 + 4u * SEM_OPS_FREE) = 2;
+    MMIO(EMBER_SEM0 + 4u * SEM_OPS_FREE) = p.ns;
     MMIO(EMBER_SEM0 + 4u * SEM_OPS_READY) = 0;
-    MMIO(EMBER_SEM0 + 4u * SEM_C_FREE) = 2;
+    MMIO(EMBER_SEM0 + 4u * SEM_C_FREE) = p.ns;
     MMIO(EMBER_SEM0 + 4u * SEM_C_READY) = 0;
 
     run_jobs(&p);

@@ -158,11 +158,13 @@ PRESETS = {
                          bus_bytes=16, sram_banks=8, sram_depth=1024,
                          axi_id_width=4, dma_outstanding=16, dma_max_burst=256),
     # MTIA's 8×8 PE grid, 8 lanes per PE: 512 MACs/cycle.
-    # 512-bit AXI, 8 banks × 256 words × 64 B = 128 KB (MTIA v1's local memory per PE).
+    # 512-bit AXI, 16 banks × 256 words × 64 B = 256 KB: four slots per GEMM operand
+    # (sim/host.py), so that the loads of a weight-streaming GEMM run up to three jobs ahead of
+    # the array and the DRAM latency stays hidden.
     # 128 reads and 128 writes in flight, 32 commands per engine: at a DRAM latency of 100
     # cycles, one-beat embedding rows and short stores still flow at one per cycle (make bench).
     "default": EmberConfig(name="default", pe_rows=8, pe_cols=8, pe_lanes=8,
-                           bus_bytes=64, sram_banks=8, sram_depth=256,
+                           bus_bytes=64, sram_banks=16, sram_depth=256,
                            axi_id_width=6, dma_outstanding=128, dma_max_burst=256,
                            cmd_inflight=32),
     # MTIA v1 scale: 65,536 MACs/cycle as 32×32 PEs of 64 lanes. Elaboration only. (MTIA's own

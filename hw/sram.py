@@ -12,7 +12,8 @@ Clients address the scratchpad in words of ``data_bytes`` bytes (the DMA bus wid
 so bank ``b`` holds the bytes ``[b·depth·data_bytes, (b+1)·depth·data_bytes)``. Software decides
 which bank each buffer lives in, and places buffers that are used in the same cycles (operands
 being computed on, operands being loaded, results being written, results being stored) in
-different banks. The GEMM ping-pong layout (README, "Scratchpad") uses six banks that way, and is
+different banks. The GEMM plan (README, "Scratchpad"; ``sim/host.py``) gives each operand's
+slots (A, B, C, parameters: ``sram_banks / 4`` each) banks of their own that way, and is
 then free of conflicts by construction; interleaving would instead spread every stream over every
 bank and make conflicts a matter of chance.
 

@@ -23,8 +23,8 @@ banks       use                 written by / read by
 B-2, B-1    staging ring        the engine's gathers (DMA writes) / the engine's pooler
 ==========  ==================  ================================================================
 
-A job that runs alone uses no other bank; GEMM jobs use banks 0–7 differently, but the runtime
-never runs the two at once.
+A job that runs alone uses no other bank; GEMM jobs use the banks differently (all of them
+with 8 or 16 banks, ``sim/host.py``), but the runtime never runs the two at once.
 
 Segments: no fixed cap on the pooling factor
 --------------------------------------------

@@ -32,8 +32,11 @@ output-stage parameters packed by :func:`pack_params` (3 words per column tile: 
 multiplier, shift), and C, row-major ``M×N`` of INT32 (raw) or INT8 (requantised) elements.
 ``S = ceil(K/L)`` steps, ``mt = ceil(M/R)`` row tiles, ``nt = ceil(N/C)`` column tiles.
 
-1. **Scratchpad.** Ping-pong slots, one bank each: A in banks 0/1, B in banks 2/3, C in banks
-   4/5, parameters in banks 6/7 (so the engine's operand ports and the DMA never share a bank).
+1. **Scratchpad.** ``ns = sram_banks // 4`` slots per operand (at least 2), one bank each: A in
+   banks ``[0, ns)``, B in ``[ns, 2·ns)``, C in ``[2·ns, 3·ns)``, parameters in
+   ``[3·ns, 4·ns)`` (so the engine's operand ports and the DMA never share a bank). With 8 banks
+   that is ping-pong (A 0/1, B 2/3, C 4/5, parameters 6/7); with 16, four slots each, so the
+   loads run up to three jobs ahead of the array and a DRAM round trip per job stays hidden.
    **K chunks** (:func:`k_chunks`): while a tile's K panel fits a bank (``S ≤ sram_depth``)
    there is one chunk; beyond that K is split into ``kc = ceil(S / (depth // 4))`` chunks of
    ``Sc = ceil(S / kc)`` steps or one fewer (chunk ``k``: steps ``[k·S // kc, (k+1)·S // kc)``).
@@ -53,8 +56,9 @@ multiplier, shift), and C, row-major ``M×N`` of INT32 (raw) or INT8 (requantise
    block's ``kc`` chunks in a row, and every job loads its A chunk, its B chunk and the
    parameters.
 4. **Slots.** Job ``t`` (0, 1, ... in loop order; one per block and K chunk): the inner operand
-   goes to slot ``t % 2``, the outer operand (loaded at the first job of outer block ``o``) to
-   slot ``o % 2``, C to slot ``u % 2`` for output block ``u = t // kc``.
+   goes to slot ``t % ns``, the outer operand (loaded at the first job of outer block ``o``) to
+   slot ``o % ns``, C to slot ``u % ns`` for output block ``u = t // kc``; the parameters to
+   the slot of B.
 5. **Commands of job t.** Loads: the inner operand, then the outer operand if it changes, then
    the parameters if they change; 1D (one row of the block's bytes) without K chunks, else 2D
    (one row of ``Sk·W`` bytes per tile, DRAM stride ``S·W``). One GEMM command. After the last
@@ -70,16 +74,17 @@ multiplier, shift), and C, row-major ``M×N`` of INT32 (raw) or INT8 (requantise
    =============  ====  ===========================================  ==========================
    semaphore      init  signalled by                                 waited on by
    =============  ====  ===========================================  ==========================
-   0 OPS_FREE     2     each GEMM (signal)                           the first load of a job
+   0 OPS_FREE     ns    each GEMM (signal)                           the first load of a job
    1 OPS_READY    0     the last load of a job                       each GEMM (wait)
-   2 C_FREE       2     the last store of a block                    a block's first GEMM
+   2 C_FREE       ns    the last store of a block                    a block's first GEMM
                                                                      (wait2)
    3 C_READY      0     a block's last GEMM (signal2)                the first store of a block
    =============  ====  ===========================================  ==========================
 
-   So the loads of job t start once GEMM t-2 is done (their slots were last read by job t-2 or
-   earlier), GEMM t starts once its operands are in (and, if it is the first GEMM of block u,
-   once the stores of block u-2 have emptied its C slot), and the stores of block u start once
+   So the loads of job t start once GEMM t-ns is done (their slots were last read by job t-ns
+   or earlier: outer block o-ns ended at least ns jobs before outer block o starts), GEMM t
+   starts once its operands are in (and, if it is the first GEMM of block u, once the stores of
+   block u-ns have emptied its C slot), and the stores of block u start once
    its last GEMM is done. Commands within a queue complete in
    order, which is why one signal from a job's last load (or store) covers all of them. Every
    job has at least one load (the inner operand) and every block one store, so the counts stay
@@ -108,7 +113,7 @@ __all__ = [
     "Command", "command_words", "decode_command", "dma_rows", "dma_command", "gemm_command",
     "pack_params",
     "embag_table_command", "embag_pool_command", "EMBAG_MODES",
-    "GemmPlan", "plan_gemm", "DramLayout", "dram_layout",
+    "GemmPlan", "plan_gemm", "plan_slots", "plan_semaphores", "DramLayout", "dram_layout",
     "EmberHardwareError", "EmberTimeout", "BusError", "describe_error", "RegisterBus", "HostDriver",
     "utilization", "block_sizes", "k_chunks",
 ]
@@ -116,7 +121,17 @@ __all__ = [
 SEM_NONE = 31
 SEM_OPS_FREE, SEM_OPS_READY, SEM_C_FREE, SEM_C_READY = 0, 1, 2, 3
 QUEUE_DEPTH = 8
-PLAN_SEMAPHORES = {SEM_OPS_FREE: 2, SEM_OPS_READY: 0, SEM_C_FREE: 2, SEM_C_READY: 0}
+
+
+def plan_slots(config):
+    """Slots per operand of the GEMM plan: ``sram_banks // 4`` (see the module docs)."""
+    return config.sram_banks // 4
+
+
+def plan_semaphores(config):
+    """Initial semaphore counts of the GEMM plan on ``config``."""
+    ns = plan_slots(config)
+    return {SEM_OPS_FREE: ns, SEM_OPS_READY: 0, SEM_C_FREE: ns, SEM_C_READY: 0}
 
 _QUEUE_OF_OPCODE = {regmap.OPCODES[name]: q for q, name in enumerate(regmap.QUEUE_NAMES)}
 _MASK32 = (1 << 32) - 1
@@ -415,6 +430,7 @@ def plan_gemm(config, M, K, N, *, a_addr, b_addr, p_addr, c_addr, raw, zero_poin
         raise ValueError(f"the GEMM plan needs 8 scratchpad banks, {config.name!r} has "
                          f"{config.sram_banks}")
     R, C, W, depth = config.pe_rows, config.pe_cols, config.bus_bytes, config.sram_depth
+    ns = plan_slots(config)
     mt, S, nt, mb, nb = block_sizes(config, M, K, N)
     kc, _ = k_chunks(config, S)
     m_blocks, n_blocks = -(-mt // mb), -(-nt // nb)
@@ -457,11 +473,11 @@ def plan_gemm(config, M, K, N, *, a_addr, b_addr, p_addr, c_addr, raw, zero_poin
             new_outer = True
         else:
             new_outer = False
-        a_slot = outer_block % 2 if inner == "b" else t % 2
-        b_slot = outer_block % 2 if inner == "a" else t % 2
-        c_slot = u % 2
-        a_word, b_word, p_word, c_word = bank(a_slot), bank(2 + b_slot), bank(6 + b_slot), \
-            bank(4 + c_slot)
+        a_slot = outer_block % ns if inner == "b" else t % ns
+        b_slot = outer_block % ns if inner == "a" else t % ns
+        c_slot = u % ns
+        a_word, b_word, p_word, c_word = bank(a_slot), bank(ns + b_slot), \
+            bank(3 * ns + b_slot), bank(2 * ns + c_slot)
 
         # Loads: inner operand, outer operand (if new), parameters (if B is new). K chunks
         # reload both operands (2D: one row of the chunk's steps per tile).
@@ -551,7 +567,7 @@ def plan_gemm(config, M, K, N, *, a_addr, b_addr, p_addr, c_addr, raw, zero_poin
         commands.append(dataclasses.replace(cmd, words=tuple(w)))
     return GemmPlan(m_tiles=mt, n_tiles=nt, steps=S, mb=mb, nb=nb, m_blocks=m_blocks,
                     n_blocks=n_blocks, inner=inner, k_chunks=kc, jobs=jobs, commands=commands,
-                    semaphores=dict(PLAN_SEMAPHORES), array_steps=mt * nt * S,
+                    semaphores=plan_semaphores(config), array_steps=mt * nt * S,
                     dram_read_bytes=read_bytes, dram_write_bytes=write_bytes)
 
 

@@ -343,7 +343,8 @@ def test_engine_parameters(changes, exc, match):
 
 def test_embag_params():
     p = embag_params(get_preset("default"), slots=64)
-    assert (p["ring_base"], p["ring_half"], p["slots"], p["data_bytes"]) == (1536, 256, 64, 64)
+    # default: 16 banks of 256 words; the ring is the last two banks, 14 and 15.
+    assert (p["ring_base"], p["ring_half"], p["slots"], p["data_bytes"]) == (14 * 256, 256, 64, 64)
     with pytest.raises(TypeError, match="unknown engine parameters"):
         embag_params(get_preset("tiny"), ring=3)
 

@@ -179,15 +179,17 @@ class PlanModel:
                 for s in (f["signal"], f["signal2"]):
                     if s != H.SEM_NONE:
                         self.sems[s] += 1
-        assert self.sems[:4] == [2, 0, 2, 0], f"semaphores unbalanced at the end: {self.sems[:4]}"
+        init = [self.plan.semaphores[s] for s in range(4)]
+        assert self.sems[:4] == init, f"semaphores unbalanced at the end: {self.sems[:4]}"
 
 
-@pytest.mark.parametrize("preset", ["tiny", "default"])
-def test_plan_is_race_free(preset):
+@pytest.mark.parametrize("preset,banks", [("tiny", 8), ("tiny", 16), ("default", 16)])
+def test_plan_is_race_free(preset, banks):
     """Plans of many shapes (both loop orders, edge blocks, K filling a bank, K split into
     chunks), executed in random legal orders, never race on a scratchpad buffer, never deadlock,
-    and leave exactly C (and nothing else) written in DRAM."""
-    cfg = get_preset(preset)
+    and leave exactly C (and nothing else) written in DRAM; with 2 slots per operand (8 banks)
+    and with 4 (16 banks)."""
+    cfg = get_preset(preset).replace(sram_banks=banks)
     R, C, L, d, W = cfg.pe_rows, cfg.pe_cols, cfg.pe_lanes, cfg.sram_depth, cfg.bus_bytes
     rng = np.random.default_rng(1)
     shapes = [(1, 1, 1), (R + 1, L + 1, C + 1), (23 * R + 1, 9 * L + 2, 12 * C - 1),
@@ -231,26 +233,59 @@ def _gemm_without_wait(plan):
     return cmds
 
 
-@pytest.mark.parametrize("mutation", ["ops_free_3", "c_free_3", "gemm_no_wait"])
-def test_plan_model_catches_a_race(mutation):
-    """The model is not blind: with a third operand (or result) job in two slots, or a GEMM
-    that does not wait for its loads, it finds the race."""
-    cfg = get_preset("tiny")
+@pytest.mark.parametrize("banks", [8, 16])
+@pytest.mark.parametrize("mutation", ["ops_free_plus_1", "c_free_plus_1", "gemm_no_wait"])
+def test_plan_model_catches_a_race(mutation, banks):
+    """The model is not blind: with one operand (or result) job more in flight than there are
+    slots (2 with 8 banks, 4 with 16), or a GEMM that does not wait for its loads, it finds the
+    race."""
+    cfg = get_preset("tiny").replace(sram_banks=banks)
+    ns = banks // 4
     M, K, N = 47, 38, 23
     lay = H.dram_layout(cfg, M, K, N, raw=True)
     plan = H.plan_gemm(cfg, M, K, N, a_addr=lay.a_addr, b_addr=lay.b_addr, p_addr=lay.p_addr,
                        c_addr=lay.c_addr, raw=True)
     sems, cmds = dict(plan.semaphores), plan.commands
-    if mutation == "ops_free_3":
-        sems[H.SEM_OPS_FREE] = 3
-    elif mutation == "c_free_3":
-        sems[H.SEM_C_FREE] = 3
+    assert sems[H.SEM_OPS_FREE] == sems[H.SEM_C_FREE] == ns == H.plan_slots(cfg)
+    if mutation == "ops_free_plus_1":
+        sems[H.SEM_OPS_FREE] = ns + 1
+    elif mutation == "c_free_plus_1":
+        sems[H.SEM_C_FREE] = ns + 1
     else:
         cmds = _gemm_without_wait(plan)
     bad = H.GemmPlan(**{**plan.__dict__, "semaphores": sems, "commands": cmds})
     with pytest.raises(AssertionError, match="race on scratchpad word"):
         for seed in range(50):
             PlanModel(cfg, bad, np.zeros(lay.size, np.uint8), np.random.default_rng(seed)).run()
+
+
+@pytest.mark.parametrize("preset,banks", [("tiny", 8), ("tiny", 16), ("default", 16)])
+def test_plan_slots(preset, banks):
+    """``ns = banks / 4`` slots per operand: A in banks [0, ns), B in [ns, 2ns), C in
+    [2ns, 3ns), parameters in [3ns, 4ns); the inner operand of job t in slot t % ns, C of block
+    u in slot u % ns; OPS_FREE and C_FREE start at ns. Weight streaming (B inner) and A inner."""
+    cfg = get_preset(preset).replace(sram_banks=banks)
+    R, C, L, d = cfg.pe_rows, cfg.pe_cols, cfg.pe_lanes, cfg.sram_depth
+    ns = banks // 4
+    assert H.plan_slots(cfg) == ns
+    for M, K, N, inner in ((1, 64 * L, 40 * C, "b"), (40 * R, 64 * L, C, "a")):
+        plan = H.plan_gemm(cfg, M, K, N, a_addr=0, b_addr=0, p_addr=0, c_addr=0, raw=True)
+        assert plan.inner == inner and len(plan.jobs) >= 2 * ns, (plan.inner, len(plan.jobs))
+        assert plan.semaphores == {H.SEM_OPS_FREE: ns, H.SEM_OPS_READY: 0, H.SEM_C_FREE: ns,
+                                   H.SEM_C_READY: 0}
+        gemms = [H.decode_command(c.words)["args"] for c in plan.commands if c.queue == 2]
+        banks_of = [((g[0] & 0xFFFF) // d, (g[0] >> 16) // d, (g[1] & 0xFFFF) // d,
+                     (g[1] >> 16) // d) for g in gemms]
+        for t, (a, b, c, p) in enumerate(banks_of):
+            inner_slot = (a if inner == "a" else b - ns)
+            assert inner_slot == t % ns and c == 2 * ns + t % ns, (t, a, b, c, p)
+            assert (a if inner == "b" else b - ns) == 0       # one outer block
+            assert 0 <= a < ns and p == b + 2 * ns
+        loads = [c for c in plan.commands if c.queue == 0]
+        inner_banks = range(ns) if inner == "a" else range(ns, 2 * ns)
+        outer_banks = {ns, 3 * ns} if inner == "a" else {0, *range(3 * ns, 4 * ns)}
+        assert {H.decode_command(c.words)["args"][1] // (d * cfg.bus_bytes) for c in loads} \
+            == set(inner_banks) | outer_banks
 
 
 def test_plan_commands_and_limits():
