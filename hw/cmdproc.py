@@ -76,6 +76,15 @@ cmd_layout = data.StructLayout({
 done_layout = data.StructLayout({"tag": 16, "error": 4})
 
 
+def _or_tree(values):
+    """Bitwise OR of ``values`` as a balanced tree."""
+    values = list(values)
+    while len(values) > 1:
+        values = [values[k] | values[k + 1] if k + 1 < len(values) else values[k]
+                  for k in range(0, len(values), 2)]
+    return values[0]
+
+
 class CommandProcessor(wiring.Component):
     """Per-engine command queues with semaphore dependencies.
 
@@ -181,12 +190,20 @@ class CommandProcessor(wiring.Component):
         known = Cat(head.opcode == opcode for opcode in self.opcodes).any()
 
         inc = [[Signal(2, name=f"inc_q{q}_s{s}") for s in range(N_SEMS)] for q in range(nq)]
-        dec = [[Signal(name=f"dec_q{q}_s{s}") for s in range(N_SEMS)] for q in range(nq)]
-        want = [[Signal(name=f"want_q{q}_s{s}") for s in range(N_SEMS)] for q in range(nq)]
+        dec = [Signal(N_SEMS, name=f"dec_q{q}") for q in range(nq)]
+        want = [Signal(N_SEMS, name=f"want_q{q}") for q in range(nq)]
+        # The pushed command's waits as a mask of semaphores (bad headers are never queued).
+        push_mask = Signal(N_SEMS)
+        m.d.comb += push_mask.eq(Cat((head.wait == s) | (head.wait2 == s) for s in range(N_SEMS)))
+        nonzero = Signal(N_SEMS)
+        m.d.comb += nonzero.eq(Cat(sems[s] != 0 for s in range(N_SEMS)))
 
         for q, opcode in enumerate(self.opcodes):
             eng = self.engines[q]
-            queue = fifo.SyncFIFOBuffered(width=cmd_layout.size, depth=self.depth)
+            # Each entry carries, beside the command, its waits decoded at push time into a mask
+            # of semaphores (`wait` and `wait2` one-hot, SEM_NONE none): the issue logic then
+            # reads a register per semaphore instead of a 16-way multiplexer per wait.
+            queue = fifo.SyncFIFOBuffered(width=cmd_layout.size + N_SEMS, depth=self.depth)
             # First-word fall-through: an entry is readable the cycle after the take, before the
             # engine can possibly complete the command (it sees it from the issue register).
             track = fifo.SyncFIFO(width=5 + 5 + 16, depth=max(self.inflight, 2))
@@ -199,47 +216,38 @@ class CommandProcessor(wiring.Component):
                 with m.Else():
                     m.d.comb += [new_err.eq(ERR_OVERFLOW), new_err_id.eq(head.id),
                                  new_err_q.eq(q)]
-            m.d.comb += queue.w_data.eq(self.push.payload)
+            m.d.comb += queue.w_data.eq(Cat(self.push.payload, push_mask))
 
             # Gate: the head leaves the queue into the issue register once its semaphore allows;
             # the count is taken at that moment, so `cmd.valid` never drops before `ready`.
             cmd_reg = Signal(cmd_layout, name=f"issue_{q}")
             cmd_full = Signal(name=f"issue_full_{q}")
             qhead = Signal(cmd_layout, name=f"head_{q}")
-            m.d.comb += qhead.eq(queue.r_data)
-            waits = (qhead.header.wait, qhead.header.wait2)
+            qmask = Signal(N_SEMS, name=f"head_mask_{q}")
+            m.d.comb += Cat(qhead, qmask).eq(queue.r_data)
             # A semaphore gives at most one count per cycle, to the lowest-numbered queue that is
-            # ready to take it (`ready_q`: a head, both waits non-zero, room to issue), so two
+            # ready to take it (`ready_q`: a head, its waits non-zero, room to issue), so two
             # queues can never both take the last count. The priority looks at the lower queues'
             # readiness, which is all registers, not at their takes, so the queues do not chain.
             own_ok = Signal(name=f"sem_own_{q}")
             sem_ok = Signal(name=f"sem_ok_{q}")
-            oks, frees = [], []
-            for w, wait in enumerate(waits):
-                ok = Signal(name=f"sem_own_{q}_{w}")
-                free = Signal(name=f"sem_free_{q}_{w}")
-                with m.If(wait == SEM_NONE):
-                    m.d.comb += [ok.eq(1), free.eq(1)]
-                with m.Else():
-                    for s in range(N_SEMS):
-                        with m.If(wait == s):
-                            m.d.comb += ok.eq(sems[s] != 0)
-                            if q:
-                                m.d.comb += free.eq(~Cat(want[p][s] for p in range(q)).any())
-                            else:
-                                m.d.comb += free.eq(1)
-                oks.append(ok)
-                frees.append(free)
-            m.d.comb += [own_ok.eq(oks[0] & oks[1]), sem_ok.eq(own_ok & frees[0] & frees[1])]
+            free = Signal(name=f"sem_free_{q}")
+            m.d.comb += own_ok.eq(~(qmask & ~nonzero).any())
+            if q:
+                lower = Signal(N_SEMS, name=f"sem_wanted_below_{q}")
+                m.d.comb += [lower.eq(_or_tree(want[:q])), free.eq(~(qmask & lower).any())]
+            else:
+                m.d.comb += free.eq(1)
+            m.d.comb += sem_ok.eq(own_ok & free)
             # The issue register refills only when empty (not in the cycle the engine takes it):
             # the engine's `ready`, often deep logic, then only clears `cmd_full` and never runs
             # into the semaphore and queue logic. Commands last longer than the refill cycle.
             ready_q = Signal(name=f"ready_{q}")
             m.d.comb += ready_q.eq(queue.r_rdy & own_ok & ~halt & ~self.hold & ~cmd_full &
                                    track.w_rdy)
-            for s in range(N_SEMS):
-                m.d.comb += want[q][s].eq(ready_q & ((waits[0] == s) | (waits[1] == s)))
-            take = ready_q & frees[0] & frees[1]
+            m.d.comb += want[q].eq(qmask & ready_q.replicate(N_SEMS))
+            take = Signal(name=f"take_{q}")
+            m.d.comb += take.eq(ready_q & free)
             m.d.comb += [
                 queue.r_en.eq(take),
                 self.waiting[q].eq(queue.r_rdy & ~sem_ok & ~halt),
@@ -247,9 +255,8 @@ class CommandProcessor(wiring.Component):
                 eng.cmd.payload.eq(cmd_reg),
                 track.w_en.eq(take),
                 track.w_data.eq(Cat(qhead.header.signal, qhead.header.signal2, qhead.header.id)),
+                dec[q].eq(qmask & take.replicate(N_SEMS)),
             ]
-            for s in range(N_SEMS):
-                m.d.comb += dec[q][s].eq(take & ((waits[0] == s) | (waits[1] == s)))
             with m.If(eng.cmd.ready & cmd_full):
                 m.d.sync += cmd_full.eq(0)
             with m.If(take):

@@ -123,10 +123,6 @@ def _check_int(name, value, minimum, maximum, *, pow2=False):
         raise ValueError(f"{name} must be a power of two, not {value!r}")
 
 
-def _min(a, b):
-    return Mux(a < b, a, b)
-
-
 def _rotate_bytes_left(m, value, amount, nbytes, name):
     """``value`` rotated towards higher byte lanes by ``amount`` bytes (log-depth shifter)."""
     for bit in range(len(amount)):
@@ -516,25 +512,48 @@ class DMA(wiring.Component):
         n_max = (1 << Shape.cast(self.descriptor_layout.members["row_bytes"]).width) - 1
         return (n_max + 2 * (self.data_bytes - 1)) // self.data_bytes
 
-    def _bursts(self, m, name, head):
-        """Burst splitter over a row FIFO head ``{wa, beats}``.
+    def _room(self, wa):
+        """Beats from word address ``wa`` to the next 4 KB boundary (1 to ``4096 // D``)."""
+        page_beats = 4096 // self.data_bytes
+        return page_beats - wa[:page_beats.bit_length() - 1]
 
-        Returns the register of beats already issued for the row (the caller advances it), and
-        the next burst's byte address, length in beats and whether it ends the row.
+    def _bursts(self, m, name, head, fire):
+        """Burst splitter over a row FIFO head ``{wa, beats, room}``.
+
+        ``room`` is :meth:`_room` of ``wa``, computed before the row FIFO. Returns the next
+        burst's byte address, length in beats and whether it ends the row; ``fire`` advances it.
+        The first burst of a row is cut from the head's fields, the next ones from registers that
+        the previous burst left (address, beats left, beats to the 4 KB boundary), so no adder
+        sits in front of the length's comparison.
         """
         k, D, MB = self.k, self.data_bytes, self.max_burst
         page_beats = 4096 // D
-        page_bits = page_beats.bit_length() - 1
-        issued = Signal.like(head.beats, name=f"{name}_issued")
+        started = Signal(name=f"{name}_started")
+        cur_r = Signal.like(head.wa, name=f"{name}_cur_r")
+        left_r = Signal.like(head.beats, name=f"{name}_left_r")
+        room_r = Signal(range(page_beats + 1), name=f"{name}_room_r")
         cur = Signal.like(head.wa, name=f"{name}_cur")
         left = Signal.like(head.beats, name=f"{name}_left")
+        room = Signal.like(room_r, name=f"{name}_room")
+        cap = Signal(range(MB + 1), name=f"{name}_cap")
+        last = Signal(name=f"{name}_last")
         blen = Signal(range(MB + 1), name=f"{name}_len")
         m.d.comb += [
-            cur.eq(head.wa + issued),
-            left.eq(head.beats - issued),
-            blen.eq(_min(_min(left, page_beats - cur[:page_bits]), MB)),
+            cur.eq(Mux(started, cur_r, head.wa)),
+            left.eq(Mux(started, left_r, head.beats)),
+            room.eq(Mux(started, room_r, head.room)),
+            cap.eq(Mux(room >= MB, MB, room)),
+            last.eq(left <= cap),
+            blen.eq(Mux(last, left, cap)),
         ]
-        return issued, Cat(Const(0, k), cur), blen, blen == left
+        with m.If(fire):
+            m.d.sync += [
+                started.eq(~last),
+                cur_r.eq(cur + blen),
+                left_r.eq(left - blen),
+                room_r.eq(Mux(room == blen, page_beats, room - blen)),
+            ]
+        return Cat(Const(0, k), cur), blen, last
 
     def elaborate(self, platform):
         m = Module()
@@ -565,7 +584,8 @@ class DMA(wiring.Component):
             data_bytes=self.data_bytes, max_beats=max_beats, word_width=self.sram_addr_width,
             tag_width=self.tag_width)
         burst_layout = data.StructLayout({"wa": self.addr_width - k,
-                                          "beats": range(max_beats + 1)})
+                                          "beats": range(max_beats + 1),
+                                          "room": range(4096 // self.data_bytes + 1)})
 
         # Fork each row to the realigner (rows waiting for data) and the AR splitter.
         rfifo = m.submodules.load_rows = SyncFIFOBuffered(
@@ -582,6 +602,7 @@ class DMA(wiring.Component):
             rentry.word.eq(row.sram[k:]), rentry.desc_last.eq(row.desc_last),
             rentry.tag.eq(row.tag), rentry.err.eq(row.err),
             aentry.wa.eq(row.dram[k:]), aentry.beats.eq(geo["nin"]),
+            aentry.room.eq(self._room(row.dram[k:])),
             front.rows.ready.eq(rfifo.w_rdy & afifo.w_rdy),
             rfifo.w_en.eq(front.rows.valid & front.rows.ready),
             rfifo.w_data.eq(rentry),
@@ -591,9 +612,9 @@ class DMA(wiring.Component):
 
         # AR: bursts while fewer than `outstanding` reads are in flight.
         ahead = data.View(burst_layout, afifo.r_data)
-        issued, addr, blen, last_burst = self._bursts(m, "ar", ahead)
         inflight = Signal(range(O + 1))
         ar_fire = axi.arvalid & axi.arready
+        addr, blen, last_burst = self._bursts(m, "ar", ahead, ar_fire)
         r_done = axi.rvalid & axi.rready & axi.rlast
         m.d.comb += [
             axi.arvalid.eq(afifo.r_rdy & (inflight != O)),
@@ -601,8 +622,6 @@ class DMA(wiring.Component):
             axi.arlen.eq(blen - 1),
             afifo.r_en.eq(ar_fire & last_burst),
         ]
-        with m.If(ar_fire):
-            m.d.sync += issued.eq(Mux(last_burst, 0, issued + blen))
         m.d.sync += inflight.eq(inflight + ar_fire - r_done)
 
         # R → realigner → scratchpad writes; the last word of a descriptor completes it.
@@ -651,7 +670,8 @@ class DMA(wiring.Component):
             data_bytes=D, max_beats=max_beats, word_width=self.addr_width - k,
             tag_width=self.tag_width)
         burst_layout = data.StructLayout({
-            "wa": self.addr_width - k, "beats": range(max_beats + 1), "desc_last": 1,
+            "wa": self.addr_width - k, "beats": range(max_beats + 1),
+            "room": range(4096 // D + 1), "desc_last": 1,
             "tag": self.tag_width, "err": ERR_WIDTH})
         read_layout = data.StructLayout({"word": self.sram_addr_width,
                                          "count": range(max_beats + 1)})
@@ -674,6 +694,7 @@ class DMA(wiring.Component):
         push = front.rows.valid & front.rows.ready
         m.d.comb += [
             aentry.wa.eq(row.dram[k:]), aentry.beats.eq(geo["nout"]),
+            aentry.room.eq(self._room(row.dram[k:])),
             aentry.desc_last.eq(row.desc_last), aentry.tag.eq(row.tag), aentry.err.eq(row.err),
             sentry.word.eq(row.sram[k:]), sentry.count.eq(geo["nin"]),
             rentry.s.eq(geo["s"]), rentry.d.eq(geo["d"]), rentry.nin.eq(geo["nin"]),
@@ -690,8 +711,8 @@ class DMA(wiring.Component):
         bfifo = m.submodules.store_b = SyncFIFOBuffered(width=b_layout.size, depth=O)
         ahead = data.View(burst_layout, afifo.r_data)
         a_reject = ahead.err != 0
-        issued, addr, blen, last_burst = self._bursts(m, "aw", ahead)
         aw_fire = axi.awvalid & axi.awready
+        addr, blen, last_burst = self._bursts(m, "aw", ahead, aw_fire)
         bentry = Signal(b_layout)
         m.d.comb += [
             axi.awvalid.eq(afifo.r_rdy & ~a_reject & bfifo.w_rdy),
@@ -706,7 +727,6 @@ class DMA(wiring.Component):
             m.d.comb += [bfifo.w_en.eq(1), afifo.r_en.eq(1)]
         with m.If(aw_fire):
             m.d.comb += [bfifo.w_en.eq(1), afifo.r_en.eq(last_burst)]
-            m.d.sync += issued.eq(Mux(last_burst, 0, issued + blen))
 
         # Scratchpad reads, only with room for their data in the read buffer.
         dfifo = m.submodules.store_data = SyncFIFO(width=8 * D, depth=_STORE_READ_BUFFER)

@@ -672,8 +672,9 @@ class _Core(wiring.Component):
         pool_err_bag = Signal(32)
         pool_err_pos = Signal(32)
 
-        rd_addr = Signal(AW)
-        m.d.comb += rd_addr.eq(self._slot_word(ptr_r) + kk)
+        # The read address `_slot_word(ptr_r) + kk`, kept in a register (advanced with `kk` and
+        # `ptr_r`) so that no adder sits in front of the scratchpad request and the bank clash.
+        rd_addr = Signal(AW, init=p["ring_base"] % (1 << AW))
         bank_shift = p["bank_words"].bit_length() - 1
         clash = self.dma_wr.valid & ((self.dma_wr.addr >> bank_shift) == (rd_addr >> bank_shift))
         completed = ptr_r.as_value() != ptr_c.as_value()
@@ -724,12 +725,13 @@ class _Core(wiring.Component):
                                 m.d.comb += meta.r_en.eq(1)
                                 m.d.sync += [
                                     kk.eq(0), ptr_r.eq(next_r),
+                                    rd_addr.eq(self._slot_word(next_r)),
                                     cnt.eq(Mux(head.last, 0, Mux(head.first, 1, cnt + 1))),
                                 ]
                                 with m.If(head.last):
                                     m.d.sync += bagno.eq(bagno + 1)
                             with m.Else():
-                                m.d.sync += kk.eq(kk + 1)
+                                m.d.sync += [kk.eq(kk + 1), rd_addr.eq(rd_addr + 1)]
                 with m.Case(_M_EMPTY):
                     with m.If(credit_ok):
                         m.d.comb += [tok.valid.eq(1), tok.kind.eq(_K_EMPTY), tok.count.eq(1),
