@@ -659,6 +659,47 @@ def over_capacity(cells):
     return {k: n for k, n in yosys_resources(cells).items() if n > CAPACITY[k]}
 
 
+def _block_factories():
+    """``{part: factory(cfg)}`` of the blocks that ``--part`` synthesises alone, built with the
+    parameters ``hw/top.py`` gives them for ``cfg`` (a timing study, not something
+    ``make verilog`` writes). ``top`` and ``pe_array`` come from ``python -m sim verilog``."""
+    from hw import regmap
+    from hw.cmdproc import CommandProcessor
+    from hw.dma import DMA
+    from hw.embag import EmbeddingBagEngine, embag_params
+    from hw.gemm import GemmEngine
+    from hw.requant import Requant
+    from hw.sram import Scratchpad
+    from hw.top import TAG_WIDTH
+
+    def sram_aw(cfg):
+        return embag_params(cfg, tag_width=TAG_WIDTH)["sram_addr_width"]
+
+    return {
+        "requant": lambda cfg: Requant(cols=cfg.pe_cols),
+        "cmdproc": lambda cfg: CommandProcessor(
+            opcodes=[regmap.OPCODES[q] for q in regmap.QUEUE_NAMES], depth=8,
+            inflight=cfg.cmd_inflight),
+        "dma": lambda cfg: DMA(
+            data_bytes=cfg.bus_bytes, addr_width=cfg.axi_addr_width, id_width=cfg.axi_id_width,
+            outstanding=cfg.dma_outstanding, max_burst=cfg.dma_max_burst,
+            sram_addr_width=sram_aw(cfg), sram_words=cfg.sram_banks * cfg.sram_depth,
+            tag_width=TAG_WIDTH + 1, windows=True),
+        "gemm": lambda cfg: GemmEngine(
+            rows=cfg.pe_rows, cols=cfg.pe_cols, lanes=cfg.pe_lanes, data_bytes=cfg.bus_bytes,
+            addr_width=sram_aw(cfg), tag_width=TAG_WIDTH),
+        "embag": lambda cfg: EmbeddingBagEngine(**embag_params(cfg, tag_width=TAG_WIDTH)),
+        # Ten ports: the clients hw/top.py connects.
+        "sram": lambda cfg: Scratchpad(banks=cfg.sram_banks, depth=cfg.sram_depth,
+                                       data_bytes=cfg.bus_bytes, ports=10),
+    }
+
+
+#: ``--part`` choices: the whole top, the PE array (both as ``make verilog`` writes them), and
+#: blocks alone.
+PARTS = ("top", "pe_array", "requant", "cmdproc", "dma", "gemm", "embag", "sram")
+
+
 def run(cfg, *, part="top", freq=100, seed=1, pe_macs="auto", lut_mapper="abc", route=True,
         heartbeat=30.0, out_dir=None, skip_verilog=False, echo=None):
     """The whole flow for preset ``cfg``; writes ``build/synth_<preset>.json``."""
@@ -674,18 +715,18 @@ def run(cfg, *, part="top", freq=100, seed=1, pe_macs="auto", lut_mapper="abc", 
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     from sim.__main__ import _part, verilog_path
-    if part == "requant":
-        # A block study: the output stage alone (not something `make verilog` writes).
-        from hw.requant import Requant
+    block = part not in ("top", "pe_array")
+    if block:
+        # A block study: one block alone (not something `make verilog` writes).
         from sim.runner import generate_verilog, write_if_changed
-        top, third_party = f"{cfg.top_name}_requant", []
+        top, third_party = f"{cfg.top_name}_{part}", []
         vpath = out_dir / f"{top}.v"
         if not skip_verilog:
-            write_if_changed(vpath, generate_verilog(Requant(cols=cfg.pe_cols), top))
+            write_if_changed(vpath, generate_verilog(_block_factories()[part](cfg), top))
     else:
         top, _, third_party = _part(cfg, part)
         vpath = verilog_path(cfg, part, out_dir)
-    if not skip_verilog and part != "requant":
+    if not skip_verilog and not block:
         wall["verilog"] = run_step(
             "verilog", [sys.executable, "-m", "sim", "verilog", "--config", cfg.name,
                         "--part", part, "--out-dir", str(out_dir)],
@@ -696,7 +737,7 @@ def run(cfg, *, part="top", freq=100, seed=1, pe_macs="auto", lut_mapper="abc", 
             raise SystemExit(f"error: {s} does not exist; run `make verilog CONFIG={cfg.name}`")
 
     # 2.-4. Harness, synthesis, place and route.
-    mapping = "dsp" if part == "requant" else pe_mac_mapping(cfg, pe_macs)
+    mapping = "dsp" if block else pe_mac_mapping(cfg, pe_macs)
     harness, cells, memories, pnr, steps = implement(
         top, sources, work, freq=freq, seed=seed, pe_macs=mapping, lut_mapper=lut_mapper,
         route=route,
@@ -722,9 +763,9 @@ def run(cfg, *, part="top", freq=100, seed=1, pe_macs="auto", lut_mapper="abc", 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m synth", description=__doc__.split("\n")[0])
     p.add_argument("--config", default="small", help="preset (default: small)")
-    p.add_argument("--part", default="top", choices=("top", "pe_array", "requant"),
-                   help="top (default): the accelerator as `make verilog` writes it; pe_array, "
-                        "requant: one block alone, for timing studies")
+    p.add_argument("--part", default="top", choices=PARTS,
+                   help="top (default): the accelerator as `make verilog` writes it; "
+                        "the others: one block alone, for timing studies")
     p.add_argument("--freq", type=float, default=100, help="target MHz (default 100)")
     p.add_argument("--seed", type=int, default=1, help="nextpnr seed (default 1)")
     p.add_argument("--pe-macs", default="auto", choices=("auto", "dsp", "lut"),

@@ -204,3 +204,14 @@ def test_flow_place_only(tmp_path):
     assert not result["placed_and_routed"] and not result["meets_target"]
     assert result["resources"]["dsp_mult18x18d"] == 2
     assert "estimate after placement" in flow.summary_text(result, "r.json")
+
+
+def test_block_parts_elaborate():
+    """Every ``--part`` block study elaborates with the parameters ``hw/top.py`` gives it."""
+    from sim.runner import generate_verilog
+    cfg = get_preset("tiny")
+    blocks = flow._block_factories()
+    assert set(blocks) | {"top", "pe_array"} == set(flow.PARTS)
+    for part, factory in blocks.items():
+        top = f"{cfg.top_name}_{part}"
+        assert f"module {top}(" in generate_verilog(factory(cfg), top), part
