@@ -88,9 +88,10 @@ the next command whatever it is.
 Structure
 ---------
 Issuer
-    Three list readers share one scratchpad port (``list_rd``) and prefetch the lengths, indices
-    and weights. Per row, the issuer checks the index against ``rows`` (an out-of-range index
-    never becomes a DMA read), allocates a ring slot and emits a DMA load descriptor on
+    Three list readers share one scratchpad port (``list_rd``, a request register loaded one
+    cycle ahead) and prefetch the lengths, indices and weights. Per row, the issuer checks the
+    index against ``rows`` (an out-of-range index never becomes a DMA read), allocates a ring
+    slot and emits a DMA load descriptor on
     ``gather`` (``dram_addr = table_addr + index·row_stride`` through one registered multiply,
     ``rows = 1``, ``row_bytes = dim``, destination = the slot). It also pushes one entry per row
     (weight, first/last of bag) into a metadata FIFO of ``slots`` entries, plus one entry per
@@ -105,11 +106,12 @@ Completions
     order), each one advances the completion pointer. The first DMA error is remembered with its
     slot; the issuer stops at once.
 Pooler
-    Reads each completed slot (``slot_rd``, one word per cycle) in order and adds its INT8 lanes
-    (times the weight) into INT32 accumulators: a memory of two buffers of ``ceil(max_dim / W)``
-    words of ``W`` lanes, read-modify-write in two stages (the read port is transparent to the
-    write port, so back-to-back rows of one word need no stall). Bags alternate between the two
-    buffers, so one bag is written out while the next accumulates.
+    Reads each completed slot (``slot_rd``, one word per cycle; each read is decided a cycle
+    ahead into a request register, so the scratchpad sees registers) in order and adds its INT8
+    lanes (times the weight) into INT32 accumulators: a memory of two buffers of
+    ``ceil(max_dim / W)`` words of ``W`` lanes, read-modify-write in two stages (the read port is
+    transparent to the write port, so back-to-back rows of one word need no stall). Bags
+    alternate between the two buffers, so one bag is written out while the next accumulates.
 Drain and writer
     Reads a finished buffer as INT32 words of ``W/4`` lanes, divides them in mean mode (an
     iterative divider of ``div_steps`` quotient bits per cycle on ``W/4`` lanes at once),
@@ -117,7 +119,9 @@ Drain and writer
     last ones of a row, are packed into one word), and realigns them to the output address with
     the DMA's byte realigner (``out_addr`` and ``out_stride`` need only be multiples of 4, or
     of 1 for INT8, so TBE columns pack densely); partial words are written with byte masks
-    (``out_wr``).
+    (``out_wr``, from a small FIFO after the realigner). The divider works in radix
+    ``2**div_steps``: ``2**div_steps - 1`` subtractors per lane compare the partial remainder
+    with the divisor's multiples in parallel, so a cycle is one carry chain deep.
 
 Why the ring alternates halves, and ``dma_wr``
     Every gathered word is written into the ring by the DMA and read back by the pooler, and a
@@ -152,7 +156,7 @@ from amaranth.lib.wiring import In, Out
 
 from .dma import DMA, _Realigner
 from .requant import Requant
-from .sram import Scratchpad, sram_port_signature
+from .sram import Scratchpad, _or_tree, sram_port_signature
 
 __all__ = [
     "EmbeddingBagEngine", "GatherArbiter", "embag_params", "MODE_SUM", "MODE_MEAN",
@@ -171,6 +175,7 @@ _K_BAG, _K_EMPTY, _K_END, _K_ABORT = 0, 1, 2, 3
 _DRAIN_DEPTH = 8     # pooler → drain requests
 _SRC_DEPTH = 4       # drain's accumulator words waiting for the divider / realigner
 _ROWS_DEPTH = 4      # output rows waiting in front of the realigner
+_OUT_DEPTH = 3       # output writes between the realigner and out_wr
 
 
 def _check_int(name, value, minimum, maximum=None, *, pow2=False):
@@ -289,14 +294,18 @@ class GatherArbiter(wiring.Component):
 class _ListReader(wiring.Component):
     """Streams the elements of a packed list from consecutive scratchpad words.
 
-    Reads run ahead of consumption by up to :attr:`DEPTH` words. ``o`` gives one element per
-    cycle (lane 0 of each word first). ``inflight`` counts reads whose data has not arrived.
+    Reads run ahead of consumption by up to :attr:`DEPTH` words. ``req`` offers the next word
+    address; the core takes it (``req.ready``) into its registered scratchpad request, and the
+    word counts against :attr:`DEPTH` from then on. ``o`` gives one element per cycle (lane 0 of
+    each word first). With ``check``, ``o_bad`` flags an element outside ``[0, limit)``, compared
+    as the word arrives (``limit`` held stable while the list is read), so that no carry chain
+    sits between the FIFO and the consumer's decision.
     """
 
     DEPTH = 4
 
-    def __init__(self, *, addr_width, data_bytes, elem_bits):
-        self.data_bytes, self.elem_bits = data_bytes, elem_bits
+    def __init__(self, *, addr_width, data_bytes, elem_bits, check=False):
+        self.data_bytes, self.elem_bits, self.check = data_bytes, elem_bits, check
         super().__init__({
             "start": In(1),
             "base": In(addr_width),
@@ -304,14 +313,20 @@ class _ListReader(wiring.Component):
             "rsp_valid": In(1),
             "rsp_data": In(8 * data_bytes),
             "o": Out(stream.Signature(signed(elem_bits))),
-            "inflight": Out(range(self.DEPTH + 1)),
+            "limit": In(32),
+            "o_bad": Out(1),
         })
 
     def elaborate(self, platform):
         m = Module()
         per = 8 * self.data_bytes // self.elem_bits
-        m.submodules.fifo = buf = fifo.SyncFIFOBuffered(width=8 * self.data_bytes,
+        E = self.elem_bits
+        flags = per if self.check else 0
+        m.submodules.fifo = buf = fifo.SyncFIFOBuffered(width=8 * self.data_bytes + flags,
                                                         depth=self.DEPTH)
+        bad_in = Cat((self.rsp_data.word_select(j, E).as_signed() < 0)
+                     | (self.rsp_data.word_select(j, E) >= self.limit)
+                     for j in range(flags))
         active = Signal()
         addr = Signal.like(self.req.payload)
         credit = Signal(range(self.DEPTH + 1))   # words requested and not yet consumed
@@ -322,9 +337,10 @@ class _ListReader(wiring.Component):
             self.req.valid.eq(active & (credit != self.DEPTH)),
             self.req.payload.eq(addr),
             buf.w_en.eq(self.rsp_valid),
-            buf.w_data.eq(self.rsp_data),
+            buf.w_data.eq(Cat(self.rsp_data, bad_in)),
             self.o.valid.eq(buf.r_rdy),
-            self.o.payload.eq(buf.r_data.word_select(lane, self.elem_bits)),
+            self.o.payload.eq(buf.r_data.word_select(lane, E)),
+            self.o_bad.eq(buf.r_data[8 * self.data_bytes:].bit_select(lane, 1) if flags else 0),
             pop.eq(self.o.valid & self.o.ready & (lane == per - 1)),
             buf.r_en.eq(pop),
         ]
@@ -332,10 +348,7 @@ class _ListReader(wiring.Component):
             m.d.sync += addr.eq(addr + 1)
         with m.If(self.o.valid & self.o.ready):
             m.d.sync += lane.eq(Mux(lane == per - 1, 0, lane + 1))
-        m.d.sync += [
-            credit.eq(credit + issued - pop),
-            self.inflight.eq(self.inflight + issued - self.rsp_valid),
-        ]
+        m.d.sync += credit.eq(credit + issued - pop)
         with m.If(self.start):
             m.d.sync += [active.eq(1), addr.eq(self.base)]
         return m
@@ -344,8 +357,11 @@ class _ListReader(wiring.Component):
 class _MeanDivider(wiring.Component):
     """``sign(s)·floor((|s| + floor(n/2)) / n)`` on ``lanes`` INT32 lanes with one divisor ``n``.
 
-    Restoring division of the 33-bit ``|s| + floor(n/2)`` by ``n`` (≥ 1), ``steps`` quotient bits
-    per cycle; one word every ``ceil(33 / steps) + 1`` cycles plus the output handshake.
+    Restoring division of the 33-bit ``|s| + floor(n/2)`` by ``n`` (≥ 1) in radix ``2**steps``:
+    each cycle compares the partial remainder with the ``2**steps - 1`` multiples of ``n`` (held
+    in registers) in parallel, so a cycle is one carry chain and a multiplexer whatever
+    ``steps``. One word every ``ceil(33 / steps) + 2`` cycles: the accept, the digits, and a
+    last cycle that restores the sign into the output register.
     """
 
     BITS = 33
@@ -362,49 +378,77 @@ class _MeanDivider(wiring.Component):
         U = self.steps
         cycles = -(-self.BITS // U)
         NB = cycles * U                       # dividend bits, zero-padded on top
+        RW = 32 + U + 1                       # a remainder shifted in, and its difference's sign
         running = Signal()
+        fixing = Signal()
         it = Signal(range(cycles + 1))
-        divisor = Signal(32)
+        # The multiples j·n, j = 1 .. 2**U - 1 (each below 2**(32 + U)).
+        mult = [Signal(32 + U, name=f"mult{j}") for j in range(1 << U)]
         o_full = Signal()
+        o_data = Signal(32 * self.lanes)
         neg = [Signal(name=f"neg{i}") for i in range(self.lanes)]
         num = [Signal(NB, name=f"num{i}") for i in range(self.lanes)]
         rem = [Signal(32, name=f"rem{i}") for i in range(self.lanes)]
         quo = [Signal(NB, name=f"quo{i}") for i in range(self.lanes)]
 
         m.d.comb += [
-            self.i.ready.eq(~running & ~o_full),
+            self.i.ready.eq(~running & ~fixing),
             self.o.valid.eq(o_full),
-            self.o.payload.eq(Cat(Mux(neg[i], -quo[i], quo[i])[:32] for i in range(self.lanes))),
+            self.o.payload.eq(o_data),
         ]
         with m.If(self.o.ready):
             m.d.sync += o_full.eq(0)
         with m.If(self.i.valid & self.i.ready):
             n = self.i.payload.count
-            m.d.sync += [running.eq(1), it.eq(0), divisor.eq(n)]
+            m.d.sync += [running.eq(1), it.eq(0)]
+            for j in range(1, 1 << U):       # shifts and adds (a constant multiply could
+                terms = [n << b for b in range(U) if j >> b & 1]     # become a DSP)
+                m.d.sync += mult[j].eq(sum(terms[1:], terms[0]))
             for i in range(self.lanes):
-                s = self.i.payload.data.word_select(i, 32).as_signed()
-                mag = Signal(32, name=f"mag{i}")
-                m.d.comb += mag.eq(Mux(s < 0, -s, s))
-                m.d.sync += [neg[i].eq(s < 0), num[i].eq(mag + (n >> 1)), rem[i].eq(0),
+                s = self.i.payload.data.word_select(i, 32)
+                sneg = s[31]
+                # |s| + floor(n/2) as one adder: (s ^ sign) + floor(n/2) + sign, the carry-in
+                # entering as a low bit of both operands.
+                total = Signal(34, name=f"num_in{i}")
+                m.d.comb += total.eq(Cat(sneg, s ^ sneg.replicate(32))
+                                     + Cat(sneg, (n >> 1)[:31]))
+                m.d.sync += [neg[i].eq(sneg), num[i].eq(total[1:]), rem[i].eq(0),
                              quo[i].eq(0)]
         with m.If(running):
             for i in range(self.lanes):
                 r, nn, q = rem[i], num[i], quo[i]
-                for u in range(U):
-                    r2 = Signal(33, name=f"div{i}_r{u}")
-                    ge = Signal(name=f"div{i}_ge{u}")
-                    r_next = Signal(32, name=f"div{i}_rn{u}")
-                    m.d.comb += [
-                        r2.eq(Cat(nn[NB - 1 - u], r)),
-                        ge.eq(r2 >= divisor),
-                        r_next.eq(Mux(ge, r2 - divisor, r2)),
-                    ]
-                    r = r_next
-                    q = Cat(ge, q)[:NB]
-                m.d.sync += [rem[i].eq(r), num[i].eq(nn << U), quo[i].eq(q)]
+                shifted = Signal(32 + U, name=f"div{i}_sh")
+                m.d.comb += shifted.eq(Cat(nn[NB - U:], r))
+                # diff[j] = shifted - j·n; ge[j]: shifted ≥ j·n (a thermometer code in j).
+                diffs = [shifted]
+                ge = [Const(1, 1)]
+                for j in range(1, 1 << U):
+                    d = Signal(RW, name=f"div{i}_d{j}")
+                    m.d.comb += d.eq(shifted - mult[j])
+                    diffs.append(d)
+                    ge.append(~d[RW - 1])
+                # The digit is the thermometer's top set position; one-hot, then AND-OR trees.
+                ge.append(Const(0, 1))
+                hot = [ge[j] & ~ge[j + 1] for j in range(1 << U)]
+                digit = Signal(U, name=f"div{i}_q")
+                r_next = Signal(32, name=f"div{i}_rn")
+                m.d.comb += [
+                    digit.eq(_or_tree([Mux(hot[j], j, 0) for j in range(1, 1 << U)])),
+                    r_next.eq(_or_tree([Mux(hot[j], diffs[j][:32], 0) for j in range(1 << U)])),
+                ]
+                m.d.sync += [rem[i].eq(r_next), num[i].eq(nn << U),
+                             quo[i].eq(Cat(digit, q)[:NB])]
             m.d.sync += it.eq(it + 1)
             with m.If(it == cycles - 1):
-                m.d.sync += [running.eq(0), o_full.eq(1)]
+                m.d.sync += [running.eq(0), fixing.eq(1)]
+        with m.If(fixing & (~o_full | self.o.ready)):
+            # The sign as a second adder stage: -q = ~q + 1, again with the carry-in as low bits.
+            for i in range(self.lanes):
+                fixed = Signal(34, name=f"div{i}_fix")
+                m.d.comb += fixed.eq(Cat(neg[i], quo[i][:32] ^ neg[i].replicate(32))
+                                     + Cat(neg[i], Const(0, 32)))
+                m.d.sync += o_data.word_select(i, 32).eq(fixed[1:33])
+            m.d.sync += [fixing.eq(0), o_full.eq(1)]
         return m
 
 
@@ -497,45 +541,52 @@ class _Core(wiring.Component):
         # List readers on one port: indices, weights, lengths (fixed priority; each stops when
         # its buffer is full, so none starves).
         readers = [
-            _ListReader(addr_width=AW, data_bytes=D, elem_bits=32),
+            _ListReader(addr_width=AW, data_bytes=D, elem_bits=32, check=True),
             _ListReader(addr_width=AW, data_bytes=D, elem_bits=8),
             _ListReader(addr_width=AW, data_bytes=D, elem_bits=32),
         ]
         idx_r, wgt_r, len_r = readers
         m.submodules.idx_list, m.submodules.wgt_list, m.submodules.len_list = readers
         m.d.comb += [
-            idx_r.base.eq(job.idx_addr), wgt_r.base.eq(job.wgt_addr),
+            idx_r.base.eq(job.idx_addr), wgt_r.base.eq(job.wgt_addr), idx_r.limit.eq(job.rows),
             len_r.base.eq(job.len_addr),
             idx_r.start.eq(self.start), wgt_r.start.eq(self.start & mode_w),
             len_r.start.eq(self.start),
         ]
+        # The request is a register (valid, address, reader), loaded one cycle ahead whenever
+        # it is empty or granted, so the scratchpad's arbiter sees registers only and its grant
+        # only loads the next request.
         lrd = self.list_rd
-        which = Signal(2)
-        with m.If(idx_r.req.valid):
-            m.d.comb += which.eq(0)
-        with m.Elif(wgt_r.req.valid):
-            m.d.comb += which.eq(1)
-        with m.Else():
-            m.d.comb += which.eq(2)
+        lreq_valid = Signal()
+        lreq_addr = Signal(AW)
+        lreq_who = Signal(3)                      # one-hot reader
+        load = ~lreq_valid | lrd.req.ready
+        pick = Signal(3)                          # fixed priority: indices, weights, lengths
+        m.d.comb += pick.eq(Mux(idx_r.req.valid, 0b001,
+                                Mux(wgt_r.req.valid, 0b010, Mux(len_r.req.valid, 0b100, 0))))
+        with m.If(load):
+            m.d.sync += [
+                lreq_valid.eq(pick.any()), lreq_who.eq(pick),
+                lreq_addr.eq(_or_tree([Mux(pick[n], rdr.req.payload, 0)
+                                       for n, rdr in enumerate(readers)])),
+            ]
         m.d.comb += [
-            lrd.req.valid.eq(idx_r.req.valid | wgt_r.req.valid | len_r.req.valid),
-            lrd.req.payload.addr.eq(Mux(which == 0, idx_r.req.payload,
-                                        Mux(which == 1, wgt_r.req.payload, len_r.req.payload))),
+            lrd.req.valid.eq(lreq_valid),
+            lrd.req.payload.addr.eq(lreq_addr),
             lrd.req.payload.we.eq(0),
         ]
+        lgrant = lrd.req.valid & lrd.req.ready
         which_pipe = [Signal(3, name=f"list_pipe{i}") for i in range(R)]  # one-hot
-        granted = Signal(3)
         for n, rdr in enumerate(readers):
             m.d.comb += [
-                rdr.req.ready.eq(lrd.req.ready & (which == n)),
-                granted[n].eq(lrd.req.valid & lrd.req.ready & (which == n)),
+                rdr.req.ready.eq(load & pick[n]),
                 rdr.rsp_valid.eq(lrd.rsp.valid & which_pipe[-1][n]),
                 rdr.rsp_data.eq(lrd.rsp.data),
             ]
-        m.d.sync += which_pipe[0].eq(granted)
+        m.d.sync += which_pipe[0].eq(Mux(lgrant, lreq_who, 0))
         for a, b in zip(which_pipe, which_pipe[1:]):
             m.d.sync += b.eq(a)
-        list_inflight = (idx_r.inflight != 0) | (wgt_r.inflight != 0) | (len_r.inflight != 0)
+        list_inflight = Cat(which_pipe).any()
 
         # ---------------------------------------------------------------------------------
         # Issuer.
@@ -551,7 +602,7 @@ class _Core(wiring.Component):
         iss_run = Signal()
         in_bag = Signal()
         bag = Signal(32)
-        cur_len = Signal(32)
+        cur_last = Signal(32)         # the current bag's length - 1
         pos = Signal(32)
         iss_err_bag = Signal(32)
         iss_err_pos = Signal(32)
@@ -578,7 +629,7 @@ class _Core(wiring.Component):
 
         length = len_r.o.payload
         index = idx_r.o.payload
-        last_row = pos == (cur_len - 1)[:32]
+        last_row = pos == cur_last
         with m.If(self.start):
             m.d.sync += iss_run.eq(1)
         with m.If(iss_run & ~err_valid & ~pool_halted & ~self.cancel):
@@ -589,7 +640,7 @@ class _Core(wiring.Component):
                         m.d.sync += iss_run.eq(0)
                 with m.Elif(len_r.o.valid):
                     open_piece = ((bag == 0) & job.cont_in) | \
-                        ((bag == (job.bags - 1)[:32]) & job.cont_out)
+                        ((bag == job.last_bag) & job.cont_out)
                     with m.If((length < 0) | ((length == 0) & open_piece)):
                         m.d.comb += [meta_push.eq(1), meta_in.kind.eq(_M_ERROR),
                                      meta_in.code.eq(ERR_LENGTH)]
@@ -602,10 +653,10 @@ class _Core(wiring.Component):
                             m.d.sync += bag.eq(bag + 1)
                     with m.Else():
                         m.d.comb += len_r.o.ready.eq(1)
-                        m.d.sync += [in_bag.eq(1), cur_len.eq(length), pos.eq(0)]
+                        m.d.sync += [in_bag.eq(1), cur_last.eq((length - 1)[:32]), pos.eq(0)]
             with m.Else():
                 have = idx_r.o.valid & (~mode_w | wgt_r.o.valid)
-                bad = (index < 0) | (index.as_unsigned() >= job.rows)
+                bad = idx_r.o_bad
                 with m.If(have & bad):
                     m.d.comb += [meta_push.eq(1), meta_in.kind.eq(_M_ERROR),
                                  meta_in.code.eq(ERR_INDEX)]
@@ -618,7 +669,7 @@ class _Core(wiring.Component):
                         meta_in.weight.eq(Mux(mode_w, wgt_r.o.payload, 1)),
                         meta_in.first.eq((pos == 0) & ~(job.cont_in & (bag == 0))),
                         meta_in.last.eq(last_row & ~(job.cont_out
-                                                     & (bag == (job.bags - 1)[:32]))),
+                                                     & (bag == job.last_bag))),
                     ]
                     with m.If(meta.w_rdy):
                         m.d.comb += [idx_r.o.ready.eq(1), wgt_r.o.ready.eq(mode_w)]
@@ -637,9 +688,9 @@ class _Core(wiring.Component):
                             # Anything else (the end, an empty bag, an error) takes the
                             # `~in_bag` path.
                             with m.If(len_r.o.valid & (length > 0)
-                                      & ((bag + 1)[:32] != job.bags)):
+                                      & (bag != job.last_bag)):
                                 m.d.comb += len_r.o.ready.eq(1)
-                                m.d.sync += [cur_len.eq(length), pos.eq(0)]
+                                m.d.sync += [cur_last.eq((length - 1)[:32]), pos.eq(0)]
                             with m.Else():
                                 m.d.sync += in_bag.eq(0)
 
@@ -675,8 +726,6 @@ class _Core(wiring.Component):
         # The read address `_slot_word(ptr_r) + kk`, kept in a register (advanced with `kk` and
         # `ptr_r`) so that no adder sits in front of the scratchpad request and the bank clash.
         rd_addr = Signal(AW, init=p["ring_base"] % (1 << AW))
-        bank_shift = p["bank_words"].bit_length() - 1
-        clash = self.dma_wr.valid & ((self.dma_wr.addr >> bank_shift) == (rd_addr >> bank_shift))
         completed = ptr_r.as_value() != ptr_c.as_value()
         failed = err_valid & (ptr_r.as_value() == err_ptr.as_value())
         last_word = kk == job.w - 1
@@ -685,19 +734,36 @@ class _Core(wiring.Component):
         credit_ok = (dq.level + reserved) < _DRAIN_DEPTH
         have_entry = meta.r_rdy & ~pool_halted
 
-        tok = Signal(tok_layout)
-        pushes = Signal()             # the token issued this cycle will push a drain request
+        # The next token is decided one cycle ahead into a request register (`sreq_*`): the
+        # scratchpad sees a registered valid and address (gated only by the DMA-bank clash), and
+        # its grant only advances the register and the pooler's state, never the decision. A
+        # token that reads nothing (empty bag, end, abort) leaves the register in the next cycle.
+        sreq_valid = Signal()
+        sreq_rd = Signal()            # the token reads a slot word
+        sreq_tok = Signal(tok_layout)
+        sreq_addr = Signal(AW)
+        bank_shift = p["bank_words"].bit_length() - 1
+        clash = self.dma_wr.valid & ((self.dma_wr.addr >> bank_shift)
+                                     == (sreq_addr >> bank_shift))
         m.d.comb += [
-            self.slot_rd.req.payload.addr.eq(rd_addr),
+            self.slot_rd.req.valid.eq(sreq_rd & ~clash),
+            self.slot_rd.req.payload.addr.eq(sreq_addr),
             self.slot_rd.req.payload.we.eq(0),
         ]
-        with m.If(self.cancel & ~pool_halted):
+        leave = sreq_valid & (~sreq_rd | self.slot_rd.req.ready)
+        adv = Signal()                # the register takes the next token (or none)
+        m.d.comb += adv.eq(~sreq_valid | leave)
+
+        tok = Signal(tok_layout)
+        pushes = Signal()             # the token loaded this cycle will push a drain request
+        issue_rd = Signal()           # the token loaded this cycle reads a slot word
+        with m.If(adv & self.cancel & ~pool_halted):
             # Stop where we are: bags already complete are still written, nothing after.
             with m.If(credit_ok):
                 m.d.comb += [tok.valid.eq(1), tok.kind.eq(_K_ABORT), tok.code.eq(ERR_CANCELLED),
                              pushes.eq(1)]
                 m.d.sync += [pool_halted.eq(1), pool_err_bag.eq(bagno), pool_err_pos.eq(cnt)]
-        with m.Elif(have_entry):
+        with m.Elif(adv & have_entry):
             with m.Switch(head.kind):
                 with m.Case(_M_GATHER):
                     with m.If(failed):
@@ -706,32 +772,30 @@ class _Core(wiring.Component):
                                          tok.code.eq(ERR_GATHER | err_dma), pushes.eq(1)]
                             m.d.sync += [pool_halted.eq(1), pool_err_bag.eq(bagno),
                                          pool_err_pos.eq(Mux(head.first, 0, cnt))]
-                    with m.Elif(completed & buf_ok & ~clash & (~(head.last & last_word)
-                                                               | credit_ok)):
-                        m.d.comb += self.slot_rd.req.valid.eq(1)
-                        with m.If(self.slot_rd.req.ready):
-                            m.d.comb += [
-                                tok.valid.eq(1), tok.kind.eq(_K_BAG), tok.k.eq(kk),
-                                tok.first.eq(head.first),
-                                tok.buf.eq(Mux(starting, next_buf, cur_buf)),
-                                tok.weight.eq(head.weight),
-                                tok.bag_end.eq(head.last & last_word),
-                                tok.count.eq(Mux(head.first, 1, cnt + 1)),
-                                pushes.eq(head.last & last_word),
+                    with m.Elif(completed & buf_ok & (~(head.last & last_word) | credit_ok)):
+                        m.d.comb += [
+                            issue_rd.eq(1),
+                            tok.valid.eq(1), tok.kind.eq(_K_BAG), tok.k.eq(kk),
+                            tok.first.eq(head.first),
+                            tok.buf.eq(Mux(starting, next_buf, cur_buf)),
+                            tok.weight.eq(head.weight),
+                            tok.bag_end.eq(head.last & last_word),
+                            tok.count.eq(Mux(head.first, 1, cnt + 1)),
+                            pushes.eq(head.last & last_word),
+                        ]
+                        with m.If(starting):
+                            m.d.sync += [cur_buf.eq(next_buf), next_buf.eq(~next_buf)]
+                        with m.If(last_word):
+                            m.d.comb += meta.r_en.eq(1)
+                            m.d.sync += [
+                                kk.eq(0), ptr_r.eq(next_r),
+                                rd_addr.eq(self._slot_word(next_r)),
+                                cnt.eq(Mux(head.last, 0, Mux(head.first, 1, cnt + 1))),
                             ]
-                            with m.If(starting):
-                                m.d.sync += [cur_buf.eq(next_buf), next_buf.eq(~next_buf)]
-                            with m.If(last_word):
-                                m.d.comb += meta.r_en.eq(1)
-                                m.d.sync += [
-                                    kk.eq(0), ptr_r.eq(next_r),
-                                    rd_addr.eq(self._slot_word(next_r)),
-                                    cnt.eq(Mux(head.last, 0, Mux(head.first, 1, cnt + 1))),
-                                ]
-                                with m.If(head.last):
-                                    m.d.sync += bagno.eq(bagno + 1)
-                            with m.Else():
-                                m.d.sync += [kk.eq(kk + 1), rd_addr.eq(rd_addr + 1)]
+                            with m.If(head.last):
+                                m.d.sync += bagno.eq(bagno + 1)
+                        with m.Else():
+                            m.d.sync += [kk.eq(kk + 1), rd_addr.eq(rd_addr + 1)]
                 with m.Case(_M_EMPTY):
                     with m.If(credit_ok):
                         m.d.comb += [tok.valid.eq(1), tok.kind.eq(_K_EMPTY), tok.count.eq(1),
@@ -748,10 +812,13 @@ class _Core(wiring.Component):
                                      tok.code.eq(head.code), pushes.eq(1), meta.r_en.eq(1)]
                         m.d.sync += [pool_halted.eq(1), pool_err_bag.eq(iss_err_bag),
                                      pool_err_pos.eq(iss_err_pos)]
+        with m.If(adv):
+            m.d.sync += [sreq_valid.eq(tok.valid), sreq_rd.eq(issue_rd), sreq_tok.eq(tok),
+                         sreq_addr.eq(rd_addr)]
 
-        # Buffer ownership: taken when a bag's first word is read, given back by the drain.
+        # Buffer ownership: taken when a bag's first word is decided, given back by the drain.
         take = Signal(2)
-        with m.If(self.slot_rd.req.valid & self.slot_rd.req.ready & starting):
+        with m.If(issue_rd & starting):
             m.d.comb += take.bit_select(next_buf, 1).eq(1)
         m.d.sync += busy.eq((busy | take) & ~free_buf)
         # A bag continued from the previous job: its buffer (still holding the partial sums; the
@@ -765,7 +832,7 @@ class _Core(wiring.Component):
         # Tokens travel with the scratchpad read: READ_LATENCY stages, then A (products,
         # accumulator read) and B (accumulate, write; drain requests).
         pipe = [Signal(tok_layout, name=f"tok_d{i}") for i in range(R)]
-        m.d.sync += pipe[0].eq(tok)
+        m.d.sync += [pipe[0].eq(sreq_tok), pipe[0].valid.eq(leave)]
         for a, b in zip(pipe, pipe[1:]):
             m.d.sync += b.eq(a)
         tok_a = pipe[-1]
@@ -819,7 +886,7 @@ class _Core(wiring.Component):
         pend_zero = Signal()
         pend_count = Signal(32)
         pend_last = Signal()
-        rows_inflight = Signal(range(_ROWS_DEPTH + 3))
+        rows_inflight = Signal(range(_ROWS_DEPTH + _OUT_DEPTH + 4))
         with m.If(self.start):
             m.d.sync += dst.eq(job.out_addr)
 
@@ -836,7 +903,11 @@ class _Core(wiring.Component):
         ]
         src_credit = (src_q.level + pend) < _SRC_DEPTH
         row_push = Signal()
-        row_done = realign.o.valid & realign.o.ready & realign.o.payload.row_last
+        out_layout = data.StructLayout({"word": AW, "data": 8 * D, "mask": D, "row_last": 1})
+        m.submodules.out_q = out_q = fifo.SyncFIFOBuffered(width=out_layout.size,
+                                                           depth=_OUT_DEPTH)
+        oh = data.View(out_layout, out_q.r_data)
+        row_done = self.out_wr.req.valid & self.out_wr.req.ready & oh.row_last
         m.d.sync += [rows_inflight.eq(rows_inflight + row_push - row_done), pend.eq(0)]
         m.d.comb += [rows_q.w_en.eq(row_push),
                      acc_drain.addr.eq(Cat(sw[2:2 + wb_bits], dh.buf)), acc_drain.en.eq(1)]
@@ -939,15 +1010,22 @@ class _Core(wiring.Component):
             rows_q.r_en.eq(realign.rows.ready),
             realign.i.payload.err.eq(0),
         ]
+        # The writes wait in a small FIFO, so that the scratchpad's grant (`out_wr.req.ready`)
+        # only pops it and does not run back through the realigner into the divider and the
+        # output stage.
         o = realign.o
         wr = self.out_wr.req
         m.d.comb += [
-            wr.valid.eq(o.valid),
-            wr.payload.addr.eq(o.payload.word),
+            out_q.w_data.eq(Cat(o.payload.word, o.payload.data, o.payload.mask,
+                                o.payload.row_last)),
+            out_q.w_en.eq(o.valid),
+            o.ready.eq(out_q.w_rdy),
+            wr.valid.eq(out_q.r_rdy),
+            wr.payload.addr.eq(oh.word),
             wr.payload.we.eq(1),
-            wr.payload.wdata.eq(o.payload.data),
-            wr.payload.wmask.eq(o.payload.mask),
-            o.ready.eq(wr.ready),
+            wr.payload.wdata.eq(oh.data),
+            wr.payload.wmask.eq(oh.mask),
+            out_q.r_en.eq(wr.ready),
         ]
 
         m.d.comb += self.quiet.eq((ptr_i.as_value() == ptr_c.as_value()) & ~s2_valid
@@ -981,7 +1059,8 @@ class EmbeddingBagEngine(wiring.Component):
         Depth of the metadata FIFO: the most rows between issue and pooling (with the ring's own
         ``2·floor(ring_half / w)``).
     div_steps : int
-        Quotient bits per cycle of the mean divider (1 to 33).
+        Quotient bits per cycle of the mean divider (1 to 4): radix ``2**div_steps``, with
+        ``2**div_steps - 1`` subtractors per lane working in parallel.
 
     Members
     -------
@@ -1005,7 +1084,7 @@ class EmbeddingBagEngine(wiring.Component):
     """
 
     def __init__(self, *, data_bytes, addr_width, sram_addr_width, sram_words, bank_words,
-                 tag_width=16, max_dim=1024, ring_base, ring_half, slots=256, div_steps=4):
+                 tag_width=16, max_dim=1024, ring_base, ring_half, slots=256, div_steps=2):
         _check_int("data_bytes", data_bytes, 8, 64, pow2=True)
         _check_int("addr_width", addr_width, 32, 64)
         _check_int("sram_addr_width", sram_addr_width, 1, 32)
@@ -1016,7 +1095,7 @@ class EmbeddingBagEngine(wiring.Component):
         _check_int("ring_half", ring_half, 1, sram_words)
         _check_int("ring_base", ring_base, 0, sram_words - 2 * ring_half)
         _check_int("slots", slots, 4, 1 << 16)
-        _check_int("div_steps", div_steps, 1, 33)
+        _check_int("div_steps", div_steps, 1, 4)
         if -(-max_dim // data_bytes) > ring_half:
             raise ValueError(f"a row of max_dim = {max_dim} bytes needs "
                              f"{-(-max_dim // data_bytes)} words, more than ring_half = "
@@ -1040,6 +1119,7 @@ class EmbeddingBagEngine(wiring.Component):
             **{n: f.shape for n, f in self.cmd_layout if n != "tag"},
             "w": range(max_w + 1), "lim": range(ring_half + 1),
             "nsrc": range(-(-4 * max_dim // data_bytes) + 1),
+            "last_bag": 32,     # bags - 1 (mod 2**32), so the issuer compares without an adder
         })
         self._ptr_layout = data.StructLayout({"off": range(ring_half + 1), "half": 1, "lap": 1})
         desc = DMA.make_descriptor_layout(addr_width=addr_width, sram_addr_width=sram_addr_width,
@@ -1095,9 +1175,13 @@ class EmbeddingBagEngine(wiring.Component):
                      | (~job.requant & ((job.out_addr[:2] != 0) | (job.out_stride[:2] != 0)))
                      | ((job.cont_in | job.cont_out) & (job.bags == 0))
                      | (job.cont_in & ~carry_valid))
-        out_range = (job.bags != 0) & (
-            job.out_addr + span + Mux(job.requant, job.dim, job.dim << 2)
-            > p["sram_words"] * D)
+        # The checks take four cycles (each one carry chain or a multiply deep): the end of
+        # bag 0's output and the derived fields, the span of the other bags and the ring limit,
+        # the end of the last bag's output, then both verdicts into registers.
+        end0 = Signal(len(job.out_addr) + 19)
+        total = Signal(len(span) + 2)
+        bad_form = Signal()
+        bad_range = Signal()
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
@@ -1110,22 +1194,38 @@ class EmbeddingBagEngine(wiring.Component):
             with m.State("CHECK"):
                 with m.If(self.cancel):         # held until the job completes
                     m.d.sync += cancelling.eq(1)
-                w = (job.dim + (D - 1)) >> (D.bit_length() - 1)
                 m.d.sync += [
-                    span.eq((job.bags - 1)[:32] * job.out_stride),
-                    job.w.eq(w),
-                    job.lim.eq(p["ring_half"] - w),
+                    end0.eq(job.out_addr + Mux(job.requant, job.dim, job.dim << 2)),
+                    job.w.eq((job.dim + (D - 1)) >> (D.bit_length() - 1)),
                     job.nsrc.eq(((job.dim << 2) + (D - 1)) >> (D.bit_length() - 1)),
+                    job.last_bag.eq((job.bags - 1)[:32]),
                 ]
+                m.next = "SPAN"
+            with m.State("SPAN"):
+                with m.If(self.cancel):
+                    m.d.sync += cancelling.eq(1)
+                m.d.sync += [span.eq(job.last_bag * job.out_stride),
+                             job.lim.eq(p["ring_half"] - job.w)]
+                m.next = "TOTAL"
+            with m.State("TOTAL"):
+                with m.If(self.cancel):
+                    m.d.sync += cancelling.eq(1)
+                m.d.sync += total.eq(end0 + span)
+                m.next = "VERDICT"
+            with m.State("VERDICT"):
+                with m.If(self.cancel):
+                    m.d.sync += cancelling.eq(1)
+                m.d.sync += [bad_form.eq(malformed),
+                             bad_range.eq((job.bags != 0) & (total > p["sram_words"] * D))]
                 m.next = "START"
             with m.State("START"):
                 with m.If(self.cancel):         # held until the job completes
                     m.d.sync += cancelling.eq(1)
-                with m.If(malformed):
+                with m.If(bad_form):
                     m.d.sync += [code.eq(ERR_MALFORMED), ebag.eq(0), epos.eq(0),
                                  carry_valid.eq(0)]
                     m.next = "FINISH"
-                with m.Elif(out_range):
+                with m.Elif(bad_range):
                     m.d.sync += [code.eq(ERR_RANGE), ebag.eq(0), epos.eq(0), carry_valid.eq(0)]
                     m.next = "FINISH"
                 with m.Else():
