@@ -24,7 +24,8 @@ for its operands *and* for its output buffer to be stored, as VTA's compute wait
 store tokens. A semaphore gives at most one count per cycle, to the lowest-numbered queue ready to
 take it (head present, all its waits non-zero, issue register empty); semaphores are meant for
 producer/consumer pairs, not for queues competing for a count. A queue's issue register refills
-only when empty, so a queue issues at most every other cycle. Firmware sets initial
+only when empty, so a queue issues at most every other cycle. A pushed command is checked and
+routed into a register stage and enters its queue the cycle after the push. Firmware sets initial
 counts (e.g. the number of free ping-pong buffers) through ``sem_write``. So the load of tile
 i+1, the compute of tile i and the store of tile i-1 run at once, each waiting only on what it
 needs.

@@ -57,9 +57,10 @@ are still transferred on the AXI side, and the next descriptor runs as usual.
 Structure (per direction)
 -------------------------
 ``_Front``
-    Takes a descriptor, checks it (range and shape, one registered multiply) and walks its rows,
-    one row per cycle, as ``(dram, sram, n)`` row entries. A rejected descriptor becomes a single
-    row entry that carries its error code.
+    Takes a descriptor, checks it (range and shape: registered multiplies and first-row ends,
+    then registered 32-bit-wide partial bounds; the walker takes it two cycles after acceptance)
+    and walks its rows, one row per cycle, as ``(dram, sram, n)`` row entries. A rejected
+    descriptor becomes a single row entry that carries its error code.
 Row FIFOs
     Each row entry is forked, with its geometry precomputed (beat counts, rotation, edge lanes),
     into the FIFOs of the units below. The load realigner's FIFO holds ``outstanding + 4`` rows
