@@ -24,7 +24,8 @@ for its operands *and* for its output buffer to be stored, as VTA's compute wait
 store tokens. A semaphore gives at most one count per cycle, to the lowest-numbered queue ready to
 take it (head present, all its waits non-zero, issue register empty); semaphores are meant for
 producer/consumer pairs, not for queues competing for a count. A queue's issue register refills
-only when empty, so a queue issues at most every other cycle. Firmware sets initial
+only when empty, so a queue issues at most every other cycle. A pushed command is checked and
+routed into a register stage and enters its queue the cycle after the push. Firmware sets initial
 counts (e.g. the number of free ping-pong buffers) through ``sem_write``. So the load of tile
 i+1, the compute of tile i and the store of tile i-1 run at once, each waiting only on what it
 needs.
@@ -49,7 +50,7 @@ code    cause
 semaphores, counters and error. Completions of commands issued before the clear are discarded.
 """
 
-from amaranth.hdl import Cat, Module, ResetInserter, Signal
+from amaranth.hdl import Cat, Module, Mux, ResetInserter, Signal
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -180,23 +181,36 @@ class CommandProcessor(wiring.Component):
             m.d.comb += [new_err.eq(self.ext_error.code), new_err_id.eq(self.ext_error.id),
                          new_err_q.eq(self.ext_error.queue)]
 
-        # Push: route by opcode, check the header, detect overflow.
+        # Push: a register stage that holds the command with its header already checked and
+        # routed (the queue it goes to, its waits as a mask, an opcode/header error); the cycle
+        # after, the command enters its queue, or raises overflow if the queue is full. So the
+        # header decode and the queue's fullness do not chain into the error capture.
         head = self.push.payload.header
         m.d.comb += self.push.ready.eq(1)
-        pushed = self.push.valid
         bad_sem = Cat((sem >= N_SEMS) & (sem != SEM_NONE)
                       for sem in (head.wait, head.signal, head.wait2, head.signal2)).any() | \
             ((head.wait == head.wait2) & (head.wait != SEM_NONE))
         known = Cat(head.opcode == opcode for opcode in self.opcodes).any()
+        p_cmd = Signal(cmd_layout)          # the pushed command
+        p_mask = Signal(N_SEMS)             # its waits as a mask of semaphores
+        p_mine = Signal(nq)                 # the queue it enters (none for a bad header)
+        p_err = Signal(8)                   # ERR_OPCODE / ERR_MALFORMED, or 0
+        m.d.sync += [
+            p_cmd.eq(self.push.payload),
+            p_mask.eq(Cat((head.wait == s) | (head.wait2 == s) for s in range(N_SEMS))),
+            p_mine.eq(Cat(self.push.valid & ~bad_sem & (head.opcode == opcode)
+                          for opcode in self.opcodes)),
+            p_err.eq(Mux(self.push.valid & ~known, ERR_OPCODE,
+                         Mux(self.push.valid & bad_sem, ERR_MALFORMED, 0))),
+        ]
 
         inc = [[Signal(2, name=f"inc_q{q}_s{s}") for s in range(N_SEMS)] for q in range(nq)]
         dec = [Signal(N_SEMS, name=f"dec_q{q}") for q in range(nq)]
-        want = [Signal(N_SEMS, name=f"want_q{q}") for q in range(nq)]
-        # The pushed command's waits as a mask of semaphores (bad headers are never queued).
-        push_mask = Signal(N_SEMS)
-        m.d.comb += push_mask.eq(Cat((head.wait == s) | (head.wait2 == s) for s in range(N_SEMS)))
+        ready = [Signal(name=f"ready_{q}") for q in range(nq)]
+        masks = [Signal(N_SEMS, name=f"head_mask_{q}") for q in range(nq)]
+        # `sems[s] != 0`, kept in a register beside the counts (updated with them below), so the
+        # issue decision starts from one flip-flop per semaphore, not from an 8-bit zero test.
         nonzero = Signal(N_SEMS)
-        m.d.comb += nonzero.eq(Cat(sems[s] != 0 for s in range(N_SEMS)))
 
         for q, opcode in enumerate(self.opcodes):
             eng = self.engines[q]
@@ -209,43 +223,45 @@ class CommandProcessor(wiring.Component):
             track = fifo.SyncFIFO(width=5 + 5 + 16, depth=max(self.inflight, 2))
             m.submodules[f"queue{q}"] = queue
             m.submodules[f"track{q}"] = track
-            mine = pushed & (head.opcode == opcode)
-            with m.If(mine & ~bad_sem):
+            with m.If(p_mine[q]):
                 with m.If(queue.w_rdy):
                     m.d.comb += queue.w_en.eq(1)
                 with m.Else():
-                    m.d.comb += [new_err.eq(ERR_OVERFLOW), new_err_id.eq(head.id),
+                    m.d.comb += [new_err.eq(ERR_OVERFLOW), new_err_id.eq(p_cmd.header.id),
                                  new_err_q.eq(q)]
-            m.d.comb += queue.w_data.eq(Cat(self.push.payload, push_mask))
+            m.d.comb += queue.w_data.eq(Cat(p_cmd, p_mask))
 
             # Gate: the head leaves the queue into the issue register once its semaphore allows;
             # the count is taken at that moment, so `cmd.valid` never drops before `ready`.
             cmd_reg = Signal(cmd_layout, name=f"issue_{q}")
             cmd_full = Signal(name=f"issue_full_{q}")
             qhead = Signal(cmd_layout, name=f"head_{q}")
-            qmask = Signal(N_SEMS, name=f"head_mask_{q}")
+            qmask = masks[q]
             m.d.comb += Cat(qhead, qmask).eq(queue.r_data)
             # A semaphore gives at most one count per cycle, to the lowest-numbered queue that is
             # ready to take it (`ready_q`: a head, its waits non-zero, room to issue), so two
             # queues can never both take the last count. The priority looks at the lower queues'
             # readiness, which is all registers, not at their takes, so the queues do not chain.
+            # Whether two heads share a semaphore (`conflict`) is decided from their masks alone,
+            # beside the semaphore test, so a queue's take is one gate on the queues' readiness.
             own_ok = Signal(name=f"sem_own_{q}")
             sem_ok = Signal(name=f"sem_ok_{q}")
             free = Signal(name=f"sem_free_{q}")
             m.d.comb += own_ok.eq(~(qmask & ~nonzero).any())
-            if q:
-                lower = Signal(N_SEMS, name=f"sem_wanted_below_{q}")
-                m.d.comb += [lower.eq(_or_tree(want[:q])), free.eq(~(qmask & lower).any())]
-            else:
-                m.d.comb += free.eq(1)
+            blocked = []
+            for j in range(q):
+                conflict = Signal(name=f"sem_conflict_{j}_{q}")
+                m.d.comb += conflict.eq((masks[j] & qmask).any())
+                blocked.append(ready[j] & conflict)
+            m.d.comb += free.eq(~Cat(blocked).any() if blocked else 1)
             m.d.comb += sem_ok.eq(own_ok & free)
             # The issue register refills only when empty (not in the cycle the engine takes it):
             # the engine's `ready`, often deep logic, then only clears `cmd_full` and never runs
             # into the semaphore and queue logic. Commands last longer than the refill cycle.
-            ready_q = Signal(name=f"ready_{q}")
-            m.d.comb += ready_q.eq(queue.r_rdy & own_ok & ~halt & ~self.hold & ~cmd_full &
-                                   track.w_rdy)
-            m.d.comb += want[q].eq(qmask & ready_q.replicate(N_SEMS))
+            room = Signal(name=f"issue_room_{q}")
+            ready_q = ready[q]
+            m.d.comb += room.eq(queue.r_rdy & ~halt & ~self.hold & ~cmd_full & track.w_rdy)
+            m.d.comb += ready_q.eq(room & own_ok)
             take = Signal(name=f"take_{q}")
             m.d.comb += take.eq(ready_q & free)
             m.d.comb += [
@@ -280,21 +296,31 @@ class CommandProcessor(wiring.Component):
             m.d.comb += [
                 self.busy[q].eq(track.r_rdy),
                 self.head_id[q].eq(cid),
-                self.pending[q].eq(queue.level + track.level),
+                self.pending[q].eq(queue.level + track.level + p_mine[q]),
             ]
 
-        with m.If(pushed & ~known):
-            m.d.comb += [new_err.eq(ERR_OPCODE), new_err_id.eq(head.id), new_err_q.eq(0)]
-        with m.Elif(pushed & bad_sem):
-            m.d.comb += [new_err.eq(ERR_MALFORMED), new_err_id.eq(head.id), new_err_q.eq(0)]
+        with m.If(p_err != 0):
+            m.d.comb += [new_err.eq(p_err), new_err_id.eq(p_cmd.header.id), new_err_q.eq(0)]
 
-        # Semaphores: every queue's takes and completions in one update per cycle.
+        # Semaphores: every queue's takes and completions in one update per cycle. At most one
+        # queue takes a given semaphore per cycle, so `down` is one bit, and both outcomes
+        # (`sems + up` and `sems + up - 1`, with their zero tests) are computed from the counts
+        # and the completions alone: the takes only select one, so no adder follows the issue
+        # decision.
         for s in range(N_SEMS):
             up = sum(inc[q][s] for q in range(nq))
-            down = sum(dec[q][s] for q in range(nq))
-            m.d.sync += sems[s].eq(sems[s] + up - down)
+            down = Signal(name=f"sem_down_{s}")
+            m.d.comb += down.eq(_or_tree(dec[q][s] for q in range(nq)))
+            keep = Signal(8, name=f"sem_keep_{s}")
+            less = Signal(8, name=f"sem_less_{s}")
+            m.d.comb += [keep.eq(sems[s] + up), less.eq(sems[s] + up - 1)]
             with m.If(self.sem_write.valid & (self.sem_write.index == s)):
-                m.d.sync += sems[s].eq(self.sem_write.value)
+                m.d.sync += [sems[s].eq(self.sem_write.value),
+                             nonzero[s].eq(self.sem_write.value != 0)]
+            with m.Elif(down):
+                m.d.sync += [sems[s].eq(less), nonzero[s].eq(keep != 1)]
+            with m.Else():
+                m.d.sync += [sems[s].eq(keep), nonzero[s].eq(keep != 0)]
 
         with m.If((self.error == 0) & (new_err != 0)):
             m.d.sync += [self.error.eq(new_err), self.error_id.eq(new_err_id),

@@ -57,9 +57,10 @@ are still transferred on the AXI side, and the next descriptor runs as usual.
 Structure (per direction)
 -------------------------
 ``_Front``
-    Takes a descriptor, checks it (range and shape, one registered multiply) and walks its rows,
-    one row per cycle, as ``(dram, sram, n)`` row entries. A rejected descriptor becomes a single
-    row entry that carries its error code.
+    Takes a descriptor, checks it (range and shape: registered multiplies and first-row ends,
+    then registered 32-bit-wide partial bounds; the walker takes it two cycles after acceptance)
+    and walks its rows, one row per cycle, as ``(dram, sram, n)`` row entries. A rejected
+    descriptor becomes a single row entry that carries its error code.
 Row FIFOs
     Each row entry is forked, with its geometry precomputed (beat counts, rotation, edge lanes),
     into the FIFOs of the units below. The load realigner's FIFO holds ``outstanding + 4`` rows
@@ -182,33 +183,59 @@ class _Front(wiring.Component):
         desc, rows = self.desc, self.rows
         dl = desc.payload.shape()
 
-        # Stage 1: the accepted descriptor and the span of its scratchpad rows.
+        # Stage 1: the accepted descriptor, the spans of its rows (registered multiplies) and
+        # the end of its first row on each side (registered adders).
         q_valid = Signal()
         q = Signal(dl)
         q_span = Signal(ROWS_WIDTH + len(q.sram_stride))  # (rows - 1) · sram_stride
+        # The check takes one more cycle, from registers (`c_*`) computed from `q`: `q_new`
+        # marks the cycle in which they do not yet describe `q`.
+        q_new = Signal()
+        aw = len(q.dram_addr)
+        sram_end = Signal(max(len(q.sram_addr), len(q.row_bytes)) + 1)  # first row's end
+        c_sram_end = Signal(max(len(q_span), len(sram_end)) + 1)        # last row's end
+        m.d.sync += c_sram_end.eq(sram_end + q_span)
         malformed = (q.rows == 0) | (q.row_bytes == 0)
-        out_of_range = (q.sram_addr + q_span + q.row_bytes) > self.sram_limit
+        out_of_range = c_sram_end > self.sram_limit
         outside = Signal()
         code = Mux(malformed, ERR_MALFORMED,
                    Mux(out_of_range, ERR_RANGE, Mux(outside, ERR_WINDOW, ERR_OK)))
         if self.window:
-            # (rows - 1) · dram_stride, the stride signed: the last row's offset from the first.
-            aw = len(q.dram_addr)
+            # The rows span `A .. A + D + n - 1` (D >= 0) or `A + D .. A + n - 1` (D < 0), with
+            # A = dram_addr, n = row_bytes and D = (rows - 1) · dram_stride, the stride signed.
+            # Each bound is checked as 32-bit-wide steps instead of one carry chain of
+            # ROWS_WIDTH + aw + 3 bits: registers hold `A - base`, `limit - (A + n - 1)` and the
+            # upper bits of D (zero, or all ones for -2^aw <= D < 0); the cycle after, each bound
+            # is one aw-bit carry chain on D's low bits.
             q_dspan = Signal(signed(ROWS_WIDTH + aw + 1))
+            dram_last = Signal(signed(aw + 2))               # A + n - 1, first row
             with m.If(desc.valid & desc.ready):
-                m.d.sync += q_dspan.eq((desc.payload.rows - 1)[:ROWS_WIDTH]
-                                       * desc.payload.dram_stride.as_signed())
-            first = Signal(signed(aw + 2))
-            last = Signal(signed(ROWS_WIDTH + aw + 2))
-            lo = Signal(signed(ROWS_WIDTH + aw + 2))
-            hi = Signal(signed(ROWS_WIDTH + aw + 3))
-            m.d.comb += [
-                first.eq(q.dram_addr),
-                last.eq(first + q_dspan),
-                lo.eq(Mux(q_dspan < 0, last, first)),
-                hi.eq(Mux(q_dspan < 0, first, last) + q.row_bytes - 1),
-                outside.eq((lo < self.base) | (hi > self.limit)),
+                m.d.sync += [
+                    q_dspan.eq((desc.payload.rows - 1)[:ROWS_WIDTH]
+                               * desc.payload.dram_stride.as_signed()),
+                    dram_last.eq(desc.payload.dram_addr + desc.payload.row_bytes - 1),
+                ]
+            c_lo = Signal(signed(aw + 1))        # A - base: A >= base when non-negative
+            c_hi = Signal(signed(aw + 3))        # limit - (A + n - 1): first row within limit
+            c_dlo = Signal(aw)                   # D mod 2^aw
+            c_dneg = Signal()                    # D < 0
+            c_dzero = Signal()                   # D >> aw == 0: 0 <= D < 2^aw
+            c_dones = Signal()                   # D >> aw == -1: -2^aw <= D < 0
+            m.d.sync += [
+                c_lo.eq(q.dram_addr - self.base),
+                c_hi.eq(self.limit - dram_last),
+                c_dlo.eq(q_dspan[:aw]),
+                c_dneg.eq(q_dspan[-1]),
+                c_dzero.eq(q_dspan[aw:] == 0),
+                c_dones.eq(q_dspan[aw:] == (1 << (len(q_dspan) - aw)) - 1),
             ]
+            # D < 0: A + D >= base  <=>  D + (A - base) >= 0  <=>  A >= base, D >= -2^aw and the
+            # aw-bit sum D mod 2^aw + (A - base) carries out. D >= 0: D <= limit - (A + n - 1)
+            # <=> the first row is within the limit, D < 2^aw and D mod 2^aw <= c_hi.
+            lo_carry = (c_dlo + c_lo[:aw])[aw]
+            lo_ok = ~c_lo[-1] & (~c_dneg | (c_dones & lo_carry))
+            hi_ok = ~c_hi[-1] & (c_dneg | (c_dzero & (c_dlo <= c_hi[:aw + 1])))
+            m.d.comb += outside.eq(~(lo_ok & hi_ok))
 
         # Stage 2: the row walker.
         busy = Signal()
@@ -233,14 +260,16 @@ class _Front(wiring.Component):
             rows.payload.err.eq(err),
         ]
         advance = rows.valid & rows.ready
-        take = q_valid & (~busy | (advance & desc_last))
+        take = q_valid & ~q_new & (~busy | (advance & desc_last))
         m.d.comb += desc.ready.eq(~q_valid | take)
 
+        m.d.sync += q_new.eq(desc.valid & desc.ready)
         with m.If(desc.valid & desc.ready):
             m.d.sync += [
                 q_valid.eq(1),
                 q.eq(desc.payload),
                 q_span.eq((desc.payload.rows - 1)[:ROWS_WIDTH] * desc.payload.sram_stride),
+                sram_end.eq(desc.payload.sram_addr + desc.payload.row_bytes),
             ]
         with m.Elif(take):
             m.d.sync += q_valid.eq(0)
@@ -524,10 +553,16 @@ class DMA(wiring.Component):
         burst's byte address, length in beats and whether it ends the row; ``fire`` advances it.
         The first burst of a row is cut from the head's fields, the next ones from registers that
         the previous burst left (address, beats left, beats to the 4 KB boundary), so no adder
-        sits in front of the length's comparison.
+        sits in front of the length's comparison. A burst that does not end its row is
+        ``min(room, max_burst)`` beats long, so the registers' next values are chosen by
+        ``room <= max_burst`` among candidates computed beside it: the next 4 KB page (an
+        increment of the page number), the address plus ``max_burst`` (an increment of the bits
+        above it), ``left - room`` and ``left - max_burst``; no adder follows the length.
         """
         k, D, MB = self.k, self.data_bytes, self.max_burst
         page_beats = 4096 // D
+        pb = page_beats.bit_length() - 1
+        mbb = MB.bit_length() - 1
         started = Signal(name=f"{name}_started")
         cur_r = Signal.like(head.wa, name=f"{name}_cur_r")
         left_r = Signal.like(head.beats, name=f"{name}_left_r")
@@ -535,23 +570,28 @@ class DMA(wiring.Component):
         cur = Signal.like(head.wa, name=f"{name}_cur")
         left = Signal.like(head.beats, name=f"{name}_left")
         room = Signal.like(room_r, name=f"{name}_room")
+        to_page = Signal(name=f"{name}_to_page")   # room <= MB: the burst stops at the boundary
         cap = Signal(range(MB + 1), name=f"{name}_cap")
         last = Signal(name=f"{name}_last")
         blen = Signal(range(MB + 1), name=f"{name}_len")
+        next_page = Cat(Const(0, pb), cur[pb:] + 1)
+        next_mb = Cat(cur[:mbb], cur[mbb:] + 1) if MB < page_beats else next_page
         m.d.comb += [
             cur.eq(Mux(started, cur_r, head.wa)),
             left.eq(Mux(started, left_r, head.beats)),
             room.eq(Mux(started, room_r, head.room)),
-            cap.eq(Mux(room >= MB, MB, room)),
-            last.eq(left <= cap),
+            to_page.eq(room <= MB),
+            cap.eq(Mux(to_page, room, MB)),
+            last.eq(Mux(to_page, left <= room, left <= MB)),
             blen.eq(Mux(last, left, cap)),
         ]
+        # When the burst ends the row, the registers are not used again (`started` clears).
         with m.If(fire):
             m.d.sync += [
                 started.eq(~last),
-                cur_r.eq(cur + blen),
-                left_r.eq(left - blen),
-                room_r.eq(Mux(room == blen, page_beats, room - blen)),
+                cur_r.eq(Mux(to_page, next_page, next_mb)),
+                left_r.eq(Mux(to_page, left - room, left - MB)),
+                room_r.eq(Mux(to_page, page_beats, room - MB)),
             ]
         return Cat(Const(0, k), cur), blen, last
 
