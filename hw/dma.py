@@ -58,9 +58,11 @@ Structure (per direction)
 -------------------------
 ``_Front``
     Takes a descriptor, checks it (range and shape: registered multiplies and first-row ends,
-    then registered 32-bit-wide partial bounds; the walker takes it two cycles after acceptance)
-    and walks its rows, one row per cycle, as ``(dram, sram, n)`` row entries. A rejected
-    descriptor becomes a single row entry that carries its error code.
+    then registered 32-bit-wide partial bounds, in two register stages that pass one descriptor
+    per cycle; the walker takes it two cycles after acceptance at the earliest; the window is
+    read when the descriptor enters the second stage) and walks its rows, one row per cycle, as
+    ``(dram, sram, n)`` row entries. A rejected descriptor becomes a single row entry that
+    carries its error code.
 Row FIFOs
     Each row entry is forked, with its geometry precomputed (beat counts, rotation, edge lanes),
     into the FIFOs of the units below. The load realigner's FIFO holds ``outstanding + 4`` rows
@@ -188,14 +190,18 @@ class _Front(wiring.Component):
         q_valid = Signal()
         q = Signal(dl)
         q_span = Signal(ROWS_WIDTH + len(q.sram_stride))  # (rows - 1) · sram_stride
-        # The check takes one more cycle, from registers (`c_*`) computed from `q`: `q_new`
-        # marks the cycle in which they do not yet describe `q`.
-        q_new = Signal()
+        # Stage 2 (`r`): the same descriptor with its check's partial results (`c_*`), computed
+        # from stage 1's registers as it moves on (`mv`). Both stages hold one descriptor each,
+        # so descriptors of one row still go through at one per cycle.
+        r_valid = Signal()
+        r = Signal(dl)
+        mv = Signal()
         aw = len(q.dram_addr)
         sram_end = Signal(max(len(q.sram_addr), len(q.row_bytes)) + 1)  # first row's end
         c_sram_end = Signal(max(len(q_span), len(sram_end)) + 1)        # last row's end
-        m.d.sync += c_sram_end.eq(sram_end + q_span)
-        malformed = (q.rows == 0) | (q.row_bytes == 0)
+        with m.If(mv):
+            m.d.sync += c_sram_end.eq(sram_end + q_span)
+        malformed = (r.rows == 0) | (r.row_bytes == 0)
         out_of_range = c_sram_end > self.sram_limit
         outside = Signal()
         code = Mux(malformed, ERR_MALFORMED,
@@ -221,14 +227,15 @@ class _Front(wiring.Component):
             c_dneg = Signal()                    # D < 0
             c_dzero = Signal()                   # D >> aw == 0: 0 <= D < 2^aw
             c_dones = Signal()                   # D >> aw == -1: -2^aw <= D < 0
-            m.d.sync += [
-                c_lo.eq(q.dram_addr - self.base),
-                c_hi.eq(self.limit - dram_last),
-                c_dlo.eq(q_dspan[:aw]),
-                c_dneg.eq(q_dspan[-1]),
-                c_dzero.eq(q_dspan[aw:] == 0),
-                c_dones.eq(q_dspan[aw:] == (1 << (len(q_dspan) - aw)) - 1),
-            ]
+            with m.If(mv):
+                m.d.sync += [
+                    c_lo.eq(q.dram_addr - self.base),
+                    c_hi.eq(self.limit - dram_last),
+                    c_dlo.eq(q_dspan[:aw]),
+                    c_dneg.eq(q_dspan[-1]),
+                    c_dzero.eq(q_dspan[aw:] == 0),
+                    c_dones.eq(q_dspan[aw:] == (1 << (len(q_dspan) - aw)) - 1),
+                ]
             # D < 0: A + D >= base  <=>  D + (A - base) >= 0  <=>  A >= base, D >= -2^aw and the
             # aw-bit sum D mod 2^aw + (A - base) carries out. D >= 0: D <= limit - (A + n - 1)
             # <=> the first row is within the limit, D < 2^aw and D mod 2^aw <= c_hi.
@@ -260,10 +267,13 @@ class _Front(wiring.Component):
             rows.payload.err.eq(err),
         ]
         advance = rows.valid & rows.ready
-        take = q_valid & ~q_new & (~busy | (advance & desc_last))
-        m.d.comb += desc.ready.eq(~q_valid | take)
+        take = r_valid & (~busy | (advance & desc_last))
+        m.d.comb += [mv.eq(q_valid & (~r_valid | take)), desc.ready.eq(~q_valid | mv)]
 
-        m.d.sync += q_new.eq(desc.valid & desc.ready)
+        with m.If(mv):
+            m.d.sync += [r_valid.eq(1), r.eq(q)]
+        with m.Elif(take):
+            m.d.sync += r_valid.eq(0)
         with m.If(desc.valid & desc.ready):
             m.d.sync += [
                 q_valid.eq(1),
@@ -271,7 +281,7 @@ class _Front(wiring.Component):
                 q_span.eq((desc.payload.rows - 1)[:ROWS_WIDTH] * desc.payload.sram_stride),
                 sram_end.eq(desc.payload.sram_addr + desc.payload.row_bytes),
             ]
-        with m.Elif(take):
+        with m.Elif(mv):
             m.d.sync += q_valid.eq(0)
 
         with m.If(advance):
@@ -280,8 +290,8 @@ class _Front(wiring.Component):
                 m.d.sync += busy.eq(0)
         with m.If(take):
             m.d.sync += [
-                busy.eq(1), da.eq(q.dram_addr), sa.eq(q.sram_addr), n.eq(q.row_bytes),
-                left.eq(q.rows), ds.eq(q.dram_stride), ss.eq(q.sram_stride), tag.eq(q.tag),
+                busy.eq(1), da.eq(r.dram_addr), sa.eq(r.sram_addr), n.eq(r.row_bytes),
+                left.eq(r.rows), ds.eq(r.dram_stride), ss.eq(r.sram_stride), tag.eq(r.tag),
                 err.eq(code),
             ]
         return m
