@@ -2,8 +2,8 @@
 
 Per queue, a counter runs while the queue's engine holds a command (``busy``) and restarts at
 every ``progress`` event of that engine (a completion, a data beat, an array step: the top level
-says what counts, ``hw/top.py``). When it reaches ``limit`` the watchdog raises ``error`` for one
-cycle with the queue and that engine's oldest command id, for the command processor's sticky
+says what counts, ``hw/top.py``). When it reaches ``limit`` the watchdog raises ``error`` (one
+cycle later, from registers) with the queue and that engine's oldest command id, for the command processor's sticky
 error (``ERR_WATCHDOG``). ``limit`` 0 turns it off. While ``halt`` is high (an error is already
 held) or on ``clear`` (the soft reset) every counter restarts.
 """
@@ -59,15 +59,27 @@ class Watchdog(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.d.comb += self.error.code.eq(self.code)
+        # For timing, the verdict is registered: `limit - 1` is kept in a register, so each
+        # counter meets one comparison (`count >= limit - 1`, a carry chain on registers), and
+        # the error reaches the command processor one cycle after the counter hits the limit.
+        # The counters do not run while `clear` is high, and the command processor is itself
+        # reset by `clear`, so no error can come out of a soft reset.
+        last = Signal(32)
+        on = Signal()
+        m.d.sync += [last.eq(self.limit - 1), on.eq(self.limit != 0)]
+        valid = Signal()
+        qid = Signal(16)
+        queue = Signal(4)
+        m.d.sync += valid.eq(0)
         for q in reversed(range(self.queues)):      # the lowest queue wins a tie
             count = Signal(32, name=f"idle{q}")
-            idle = self.busy[q] & ~self.progress[q] & ~self.halt & ~self.clear & \
-                (self.limit != 0)
+            idle = self.busy[q] & ~self.progress[q] & ~self.halt & ~self.clear & on
             with m.If(idle):
                 m.d.sync += count.eq(count + 1)
             with m.Else():
                 m.d.sync += count.eq(0)
-            with m.If(idle & (count + 1 >= self.limit)):
-                m.d.comb += [self.error.valid.eq(1), self.error.id.eq(self.head_id[q]),
-                             self.error.queue.eq(q)]
+            with m.If(idle & (count >= last)):
+                m.d.sync += [valid.eq(1), qid.eq(self.head_id[q]), queue.eq(q)]
+        m.d.comb += [self.error.valid.eq(valid & ~self.clear), self.error.id.eq(qid),
+                     self.error.queue.eq(queue)]
         return m

@@ -184,8 +184,9 @@ def test_window_registers_host_only():
 
 
 def test_watchdog_timing():
-    """The watchdog fires on exactly the limit-th cycle without progress, with the oldest
-    command's id and the queue; progress, ``halt``, ``clear`` and limit 0 restart or stop it."""
+    """The watchdog fires one cycle after the limit-th cycle without progress (its verdict is
+    registered), with the oldest command's id and the queue; progress, ``halt``, ``clear`` and
+    limit 0 restart or stop it."""
     dut = Watchdog(queues=2, code=0x04)
     fired = []
 
@@ -211,8 +212,9 @@ def test_watchdog_timing():
     sim.add_clock(1e-6)
     sim.add_testbench(bench)
     sim.run()
-    # Progress at cycle 5 restarts the count: cycles 6..15 are the ten idle ones.
-    assert fired[0] == (15, 1, 0x77, 0x04), fired
+    # Progress at cycle 5 restarts the count: cycles 6..15 are the ten idle ones, and the
+    # registered verdict comes out in cycle 16.
+    assert fired[0] == (16, 1, 0x77, 0x04), fired
     assert len(fired) == 1
 
 
