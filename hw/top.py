@@ -96,9 +96,37 @@ from .sram import Scratchpad
 from .store_blocks import StoreBlocks
 from .watchdog import Watchdog
 
-__all__ = ["Ember", "build_top"]
+__all__ = ["Ember", "build_top", "BLOCKS"]
 
 TAG_WIDTH = 16
+#: Scratchpad ports: the clients `Ember` connects (DMA 2, GEMM engine 5, embedding engine 3).
+SRAM_PORTS = 10
+
+
+def _sram_addr_width(cfg):
+    """The scratchpad's word-address width for ``cfg``."""
+    return embag_params(cfg, tag_width=TAG_WIDTH)["sram_addr_width"]
+
+
+#: ``{name: factory(cfg)}``: every block `Ember` instantiates with parameters derived from the
+#: preset, built exactly as it builds them (also used by ``python -m synth --part <name>``).
+BLOCKS = {
+    "cmdproc": lambda cfg: CommandProcessor(
+        opcodes=[regmap.OPCODES[q] for q in regmap.QUEUE_NAMES], depth=8,
+        inflight=cfg.cmd_inflight),
+    # The DMA's tags have one more bit than the command ids: the GatherArbiter's source bit.
+    "dma": lambda cfg: DMA(
+        data_bytes=cfg.bus_bytes, addr_width=cfg.axi_addr_width, id_width=cfg.axi_id_width,
+        outstanding=cfg.dma_outstanding, max_burst=cfg.dma_max_burst,
+        sram_addr_width=_sram_addr_width(cfg), sram_words=cfg.sram_banks * cfg.sram_depth,
+        tag_width=TAG_WIDTH + 1, windows=True),
+    "gemm": lambda cfg: GemmEngine(
+        rows=cfg.pe_rows, cols=cfg.pe_cols, lanes=cfg.pe_lanes, data_bytes=cfg.bus_bytes,
+        addr_width=_sram_addr_width(cfg), tag_width=TAG_WIDTH),
+    "embag": lambda cfg: EmbeddingBagEngine(**embag_params(cfg, tag_width=TAG_WIDTH)),
+    "sram": lambda cfg: Scratchpad(banks=cfg.sram_banks, depth=cfg.sram_depth,
+                                   data_bytes=cfg.bus_bytes, ports=SRAM_PORTS),
+}
 
 
 class Ember(wiring.Component):
@@ -140,20 +168,11 @@ class Ember(wiring.Component):
         m.submodules.cpu = cpu = ControlCore()
         m.submodules.regs = regs = Registers(config=cfg, imem_words=DEFAULT_IMEM_SIZE // 4,
                                              fw_addr_width=len(cpu.mmio.adr))
-        m.submodules.cp = cp = CommandProcessor(
-            opcodes=[regmap.OPCODES[q] for q in queues], depth=8, inflight=cfg.cmd_inflight)
-        ep = embag_params(cfg, tag_width=TAG_WIDTH)
-        sram_aw = ep["sram_addr_width"]      # the scratchpad's word-address width
-        # The DMA's tags have one more bit than the command ids: the GatherArbiter's source bit.
-        dma = DMA(data_bytes=cfg.bus_bytes, addr_width=cfg.axi_addr_width,
-                  id_width=cfg.axi_id_width, outstanding=cfg.dma_outstanding,
-                  max_burst=cfg.dma_max_burst, sram_addr_width=sram_aw,
-                  sram_words=cfg.sram_banks * cfg.sram_depth, tag_width=TAG_WIDTH + 1,
-                  windows=True)
-        gemm = GemmEngine(rows=cfg.pe_rows, cols=cfg.pe_cols, lanes=cfg.pe_lanes,
-                          data_bytes=cfg.bus_bytes, addr_width=sram_aw,
-                          tag_width=TAG_WIDTH)
-        embag = EmbeddingBagEngine(**ep)
+        m.submodules.cp = cp = BLOCKS["cmdproc"](cfg)
+        sram_aw = _sram_addr_width(cfg)      # the scratchpad's word-address width
+        dma = BLOCKS["dma"](cfg)
+        gemm = BLOCKS["gemm"](cfg)
+        embag = BLOCKS["embag"](cfg)
         arb = GatherArbiter(addr_width=cfg.axi_addr_width, sram_addr_width=sram_aw,
                             data_bytes=cfg.bus_bytes, tag_width=TAG_WIDTH)
         embag_cmds = EmbagCommands(engine=embag)
@@ -342,9 +361,8 @@ class Ember(wiring.Component):
         # Scratchpad clients (ports in this order; new clients go at the end).
         sram_clients = (dma.sram_wr, dma.sram_rd, gemm.a_rd, gemm.b_rd, gemm.c_wr, gemm.p_rd,
                         gemm.d_rd, embag.list_rd, embag.slot_rd, embag.out_wr)
-        sram = Scratchpad(banks=cfg.sram_banks, depth=cfg.sram_depth,
-                          data_bytes=cfg.bus_bytes, ports=len(sram_clients))
-        assert sram.addr_width == sram_aw
+        sram = BLOCKS["sram"](cfg)
+        assert len(sram_clients) == SRAM_PORTS and sram.addr_width == sram_aw
         # The scratchpad is not reset by SOFT_RESET: the DMA and the embedding-bag engine, which
         # are not reset either, count on the response of every read they were granted (a lost
         # response left them waiting forever). Only the GEMM engine is reset; the responses to

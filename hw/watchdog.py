@@ -3,9 +3,9 @@
 Per queue, a counter runs while the queue's engine holds a command (``busy``) and restarts at
 every ``progress`` event of that engine (a completion, a data beat, an array step: the top level
 says what counts, ``hw/top.py``). When it reaches ``limit`` the watchdog raises ``error`` (one
-cycle later, from registers) with the queue and that engine's oldest command id, for the command processor's sticky
-error (``ERR_WATCHDOG``). ``limit`` 0 turns it off. While ``halt`` is high (an error is already
-held) or on ``clear`` (the soft reset) every counter restarts.
+cycle later, from registers) with the queue and that engine's oldest command id, for the command
+processor's sticky error (``ERR_WATCHDOG``). ``limit`` 0 turns it off. While ``halt`` is high (an
+error is already held) or on ``clear`` (the soft reset) every counter restarts.
 """
 
 from amaranth.hdl import Module, Signal

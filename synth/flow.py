@@ -660,39 +660,13 @@ def over_capacity(cells):
 
 
 def _block_factories():
-    """``{part: factory(cfg)}`` of the blocks that ``--part`` synthesises alone, built with the
-    parameters ``hw/top.py`` gives them for ``cfg`` (a timing study, not something
-    ``make verilog`` writes). ``top`` and ``pe_array`` come from ``python -m sim verilog``."""
-    from hw import regmap
-    from hw.cmdproc import CommandProcessor
-    from hw.dma import DMA
-    from hw.embag import EmbeddingBagEngine, embag_params
-    from hw.gemm import GemmEngine
+    """``{part: factory(cfg)}`` of the blocks that ``--part`` synthesises alone: the output stage
+    and ``hw/top.py``'s ``BLOCKS``, built exactly as the top builds them (a timing study, not
+    something ``make verilog`` writes). ``top`` and ``pe_array`` come from
+    ``python -m sim verilog``."""
     from hw.requant import Requant
-    from hw.sram import Scratchpad
-    from hw.top import TAG_WIDTH
-
-    def sram_aw(cfg):
-        return embag_params(cfg, tag_width=TAG_WIDTH)["sram_addr_width"]
-
-    return {
-        "requant": lambda cfg: Requant(cols=cfg.pe_cols),
-        "cmdproc": lambda cfg: CommandProcessor(
-            opcodes=[regmap.OPCODES[q] for q in regmap.QUEUE_NAMES], depth=8,
-            inflight=cfg.cmd_inflight),
-        "dma": lambda cfg: DMA(
-            data_bytes=cfg.bus_bytes, addr_width=cfg.axi_addr_width, id_width=cfg.axi_id_width,
-            outstanding=cfg.dma_outstanding, max_burst=cfg.dma_max_burst,
-            sram_addr_width=sram_aw(cfg), sram_words=cfg.sram_banks * cfg.sram_depth,
-            tag_width=TAG_WIDTH + 1, windows=True),
-        "gemm": lambda cfg: GemmEngine(
-            rows=cfg.pe_rows, cols=cfg.pe_cols, lanes=cfg.pe_lanes, data_bytes=cfg.bus_bytes,
-            addr_width=sram_aw(cfg), tag_width=TAG_WIDTH),
-        "embag": lambda cfg: EmbeddingBagEngine(**embag_params(cfg, tag_width=TAG_WIDTH)),
-        # Ten ports: the clients hw/top.py connects.
-        "sram": lambda cfg: Scratchpad(banks=cfg.sram_banks, depth=cfg.sram_depth,
-                                       data_bytes=cfg.bus_bytes, ports=10),
-    }
+    from hw.top import BLOCKS
+    return {"requant": lambda cfg: Requant(cols=cfg.pe_cols), **BLOCKS}
 
 
 #: ``--part`` choices: the whole top, the PE array (both as ``make verilog`` writes them), and
