@@ -319,7 +319,8 @@ class _Realigner(wiring.Component):
         ``steps`` = destination words + ``d``; ``lo``/``hi``, the first byte lane of the first
         destination word and the last byte lane of the last one; ``word``, the first destination
         word; ``desc_last``, ``tag``; ``err`` nonzero for a rejected descriptor (no beats: one
-        output with that error and ``desc_last``).
+        output with that error and ``desc_last``). A row is taken into a register and worked on
+        from the next cycle; the next row is taken as the held one ends (one row per cycle).
     i : In(stream.Signature({data, err}))
         Source beats; ``err`` nonzero marks a beat that failed.
     o : Out(stream.Signature({data, mask, word, row_last, desc_last, err, tag}))
@@ -348,28 +349,58 @@ class _Realigner(wiring.Component):
         m = Module()
         D = self.data_bytes
         rows, i, o = self.rows, self.i, self.o
-        row = rows.payload
 
-        t = Signal.like(row.steps)      # step within the row
+        # The current row is held in a register (`rv`/`row`), loaded from the row stream when
+        # the previous one ends (or none is held), so no path starts at the row FIFO's output.
+        # The step's flags are registers too, set when the row is loaded and updated from
+        # down-counters as the step advances, so no comparison sits in front of the enables.
+        rv = Signal()
+        row = Signal(self.row_layout)
+        reject = Signal()               # the held row is a rejected descriptor
+        consume = Signal()              # this step takes a source beat (t < nin)
+        produce = Signal()              # this step writes a destination word (t >= d)
+        last = Signal()                 # last step of the row (t == steps - 1)
+        first = Signal()                # first destination word of the row (t == d)
+        cin = Signal.like(row.nin)      # source beats left to take, nin - t
+        rem = Signal.like(row.steps)    # steps left after this one, steps - 1 - t
+        word = Signal.like(row.word)    # destination word of the next produced word
         prev = Signal(8 * D)            # previous source beat, already rotated
         err_acc = Signal(ERR_WIDTH)     # first error of the current descriptor
 
-        reject, consume, produce, last, first, out_free = (
-            Signal(name=n) for n in ("reject", "consume", "produce", "last", "first", "out_free"))
+        out_free = Signal()
+        m.d.comb += out_free.eq(~o.valid | o.ready)
+        fire = rv & Mux(reject, out_free, (~consume | i.valid) & (~produce | out_free))
+        done_row = fire & (reject | last)
+        load = rows.valid & (~rv | done_row)
         m.d.comb += [
-            reject.eq(row.err != 0),
-            consume.eq(t < row.nin),
-            produce.eq(t >= row.d),
-            last.eq(t == row.steps - 1),
-            first.eq(t == row.d),
-            out_free.eq(~o.valid | o.ready),
+            i.ready.eq(rv & ~reject & consume & (~produce | out_free)),
+            rows.ready.eq(~rv | done_row),
         ]
-        fire = rows.valid & Mux(reject, out_free,
-                                (~consume | i.valid) & (~produce | out_free))
-        m.d.comb += [
-            i.ready.eq(rows.valid & ~reject & consume & (~produce | out_free)),
-            rows.ready.eq(fire & (reject | last)),
-        ]
+
+        head = rows.payload
+        with m.If(load):
+            m.d.sync += [
+                rv.eq(1), row.eq(head),
+                reject.eq(head.err != 0),
+                consume.eq(head.nin != 0),
+                produce.eq(~head.d),
+                first.eq(~head.d),
+                last.eq(head.steps == 1),
+                cin.eq(head.nin),
+                rem.eq(head.steps - 1),
+                word.eq(head.word),
+            ]
+        with m.Elif(done_row):
+            m.d.sync += rv.eq(0)
+        with m.Elif(fire):
+            m.d.sync += [
+                consume.eq(consume & (cin != 1)),
+                cin.eq(cin - consume),
+                produce.eq(1),
+                first.eq(~produce),
+                last.eq(rem == 1),
+                rem.eq(rem - 1),
+            ]
 
         cur = Signal(8 * D)
         m.d.comb += cur.eq(_rotate_bytes_left(m, i.payload.data, row.s, D, "cur"))
@@ -405,10 +436,7 @@ class _Realigner(wiring.Component):
                     o.payload.tag.eq(row.tag),
                 ]
             with m.Else():
-                m.d.sync += [
-                    t.eq(Mux(last, 0, t + 1)),
-                    err_acc.eq(Mux(last & row.desc_last, ERR_OK, err_now)),
-                ]
+                m.d.sync += err_acc.eq(Mux(last & row.desc_last, ERR_OK, err_now))
                 with m.If(consume):
                     m.d.sync += prev.eq(cur)
                 with m.If(produce):
@@ -416,12 +444,14 @@ class _Realigner(wiring.Component):
                         o.valid.eq(1),
                         o.payload.data.eq(merged),
                         o.payload.mask.eq(mask),
-                        o.payload.word.eq(row.word + t - row.d),
+                        o.payload.word.eq(word),
                         o.payload.row_last.eq(last),
                         o.payload.desc_last.eq(last & row.desc_last),
                         o.payload.err.eq(err_now),
                         o.payload.tag.eq(row.tag),
                     ]
+        with m.If(fire & ~reject & produce & ~load):
+            m.d.sync += word.eq(word + 1)
         return m
 
 
