@@ -711,15 +711,29 @@ class _Core(wiring.Component):
             "weight": signed(8), "bag_end": 1, "count": 32, "code": ERR_WIDTH,
         })
 
-        head = data.View(meta_layout, meta.r_data)
+        # The FIFO's head in a register (a one-entry slice refilled in the cycle it is taken): the
+        # FIFO's LUT-RAM output then feeds only this register, not the pooler's decision.
+        head_valid = Signal()
+        head_reg = Signal(meta_layout)
+        head_pop = Signal()
+        head = head_reg
+        m.d.comb += meta.r_en.eq(~head_valid | head_pop)
+        with m.If(~head_valid | head_pop):
+            m.d.sync += [head_valid.eq(meta.r_rdy), head_reg.eq(meta.r_data)]
         kk = Signal(range(max_w + 1))
+        # `kk == w - 1` and `kk == 0` as registered flags: `kk_left` counts the words after `kk`.
+        kk_left = Signal(range(max_w + 1))
+        wm1 = Signal(range(max_w + 1))
+        w_one = Signal()
+        m.d.sync += [wm1.eq(job.w - 1), w_one.eq(job.w == 1)]
+        last_word = Signal()
+        first_word = Signal(init=1)
         cnt = Signal(32)
         bagno = Signal(32)
         next_buf = Signal()
         cur_buf = Signal()
         busy = Signal(2)
         free_buf = Signal(2)          # drain: buffer read out (one-cycle pulses)
-        reserved = Signal(range(_DRAIN_DEPTH + 1))   # drain pushes in the pipeline
         pool_err_bag = Signal(32)
         pool_err_pos = Signal(32)
 
@@ -728,11 +742,15 @@ class _Core(wiring.Component):
         rd_addr = Signal(AW, init=p["ring_base"] % (1 << AW))
         completed = ptr_r.as_value() != ptr_c.as_value()
         failed = err_valid & (ptr_r.as_value() == err_ptr.as_value())
-        last_word = kk == job.w - 1
-        starting = head.first & (kk == 0)
+        with m.If(self.start):
+            m.d.sync += [kk_left.eq(wm1), last_word.eq(w_one)]
+        starting = head.first & first_word
         buf_ok = ~starting | ~busy.bit_select(next_buf, 1)
-        credit_ok = (dq.level + reserved) < _DRAIN_DEPTH
-        have_entry = meta.r_rdy & ~pool_halted
+        # Drain requests queued or in the pipeline (`dq.level + reserved`), as one counter.
+        dq_used = Signal(range(_DRAIN_DEPTH + 1))
+        credit_ok = Signal()
+        m.d.comb += credit_ok.eq(dq_used != _DRAIN_DEPTH)
+        have_entry = head_valid & ~pool_halted
 
         # The next token is decided one cycle ahead into a request register (`sreq_*`): the
         # scratchpad sees a registered valid and address (gated only by the DMA-bank clash), and
@@ -786,30 +804,33 @@ class _Core(wiring.Component):
                         with m.If(starting):
                             m.d.sync += [cur_buf.eq(next_buf), next_buf.eq(~next_buf)]
                         with m.If(last_word):
-                            m.d.comb += meta.r_en.eq(1)
+                            m.d.comb += head_pop.eq(1)
                             m.d.sync += [
-                                kk.eq(0), ptr_r.eq(next_r),
+                                kk.eq(0), kk_left.eq(wm1), last_word.eq(w_one),
+                                first_word.eq(1), ptr_r.eq(next_r),
                                 rd_addr.eq(self._slot_word(next_r)),
                                 cnt.eq(Mux(head.last, 0, Mux(head.first, 1, cnt + 1))),
                             ]
                             with m.If(head.last):
                                 m.d.sync += bagno.eq(bagno + 1)
                         with m.Else():
-                            m.d.sync += [kk.eq(kk + 1), rd_addr.eq(rd_addr + 1)]
+                            m.d.sync += [kk.eq(kk + 1), rd_addr.eq(rd_addr + 1),
+                                         kk_left.eq(kk_left - 1), last_word.eq(kk_left == 1),
+                                         first_word.eq(0)]
                 with m.Case(_M_EMPTY):
                     with m.If(credit_ok):
                         m.d.comb += [tok.valid.eq(1), tok.kind.eq(_K_EMPTY), tok.count.eq(1),
-                                     pushes.eq(1), meta.r_en.eq(1)]
+                                     pushes.eq(1), head_pop.eq(1)]
                         m.d.sync += bagno.eq(bagno + 1)
                 with m.Case(_M_END):
                     with m.If(credit_ok):
                         m.d.comb += [tok.valid.eq(1), tok.kind.eq(_K_END), pushes.eq(1),
-                                     meta.r_en.eq(1)]
+                                     head_pop.eq(1)]
                         m.d.sync += pool_halted.eq(1)
                 with m.Case(_M_ERROR):
                     with m.If(credit_ok):
                         m.d.comb += [tok.valid.eq(1), tok.kind.eq(_K_ABORT),
-                                     tok.code.eq(head.code), pushes.eq(1), meta.r_en.eq(1)]
+                                     tok.code.eq(head.code), pushes.eq(1), head_pop.eq(1)]
                         m.d.sync += [pool_halted.eq(1), pool_err_bag.eq(iss_err_bag),
                                      pool_err_pos.eq(iss_err_pos)]
         with m.If(adv):
@@ -863,7 +884,7 @@ class _Core(wiring.Component):
             dreq.code.eq(tok_b.code),
             dq.w_data.eq(dreq), dq.w_en.eq(b_push),
         ]
-        m.d.sync += reserved.eq(reserved + pushes - b_push)
+        m.d.sync += dq_used.eq(dq_used + pushes - (dq.r_en & dq.r_rdy))
 
         # ---------------------------------------------------------------------------------
         # Drain: accumulator words (W/4 INT32 lanes each) → [divider] → [requantisation and
