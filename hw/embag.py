@@ -333,16 +333,22 @@ class _ListReader(wiring.Component):
         lane = Signal(range(per))
         issued = self.req.valid & self.req.ready
         pop = Signal()
+        # The FIFO's head word in a register (refilled in the cycle it is consumed), so that the
+        # consumer's decision starts at flip-flops and not at the FIFO's LUT-RAM output.
+        head_valid = Signal()
+        head = Signal(8 * self.data_bytes + flags)
+        with m.If(~head_valid | pop):
+            m.d.sync += [head_valid.eq(buf.r_rdy), head.eq(buf.r_data)]
         m.d.comb += [
             self.req.valid.eq(active & (credit != self.DEPTH)),
             self.req.payload.eq(addr),
             buf.w_en.eq(self.rsp_valid),
             buf.w_data.eq(Cat(self.rsp_data, bad_in)),
-            self.o.valid.eq(buf.r_rdy),
-            self.o.payload.eq(buf.r_data.word_select(lane, E)),
-            self.o_bad.eq(buf.r_data[8 * self.data_bytes:].bit_select(lane, 1) if flags else 0),
+            self.o.valid.eq(head_valid),
+            self.o.payload.eq(head.word_select(lane, E)),
+            self.o_bad.eq(head[8 * self.data_bytes:].bit_select(lane, 1) if flags else 0),
             pop.eq(self.o.valid & self.o.ready & (lane == per - 1)),
-            buf.r_en.eq(pop),
+            buf.r_en.eq(~head_valid | pop),
         ]
         with m.If(issued):
             m.d.sync += addr.eq(addr + 1)
@@ -523,7 +529,10 @@ class _Core(wiring.Component):
         ptr_r = Signal(self.ptr_layout)
         next_i = self._next_ptr(m, ptr_i, "next_i")
         next_c = self._next_ptr(m, ptr_c, "next_c")
-        next_r = self._next_ptr(m, ptr_r, "next_r")
+        # The slot after `ptr_r`, in a register (advanced with `ptr_r`), so that the pooler's
+        # flags below compare registers only.
+        next_r = Signal(self.ptr_layout, init={"off": 0, "half": 1, "lap": 0})
+        after_r = self._next_ptr(m, next_r, "after_r")
 
         # ---------------------------------------------------------------------------------
         # Completions: in order; remember the first failing slot.
@@ -740,8 +749,22 @@ class _Core(wiring.Component):
         # The read address `_slot_word(ptr_r) + kk`, kept in a register (advanced with `kk` and
         # `ptr_r`) so that no adder sits in front of the scratchpad request and the bank clash.
         rd_addr = Signal(AW, init=p["ring_base"] % (1 << AW))
-        completed = ptr_r.as_value() != ptr_c.as_value()
-        failed = err_valid & (ptr_r.as_value() == err_ptr.as_value())
+        # `completed` (ptr_r != ptr_c) and `failed` (err_valid & ptr_r == err_ptr) as registers,
+        # loaded with their next values: `r_adv` (the pooler moves to the next slot) only selects
+        # between compares of registers.
+        completed = Signal()
+        failed = Signal()
+        r_adv = Signal()
+        new_err = gd.valid & (gd.payload.error != 0) & ~err_valid
+        eq_rc = ptr_r.as_value() == ptr_c.as_value()
+        eq_nc = next_r.as_value() == ptr_c.as_value()
+        eq_re = ptr_r.as_value() == err_ptr.as_value()
+        eq_ne = next_r.as_value() == err_ptr.as_value()
+        m.d.sync += [
+            completed.eq(gd.valid | (completed & (~r_adv | ~eq_nc))),
+            failed.eq(Mux(new_err, Mux(r_adv, eq_nc, eq_rc),
+                          err_valid & Mux(r_adv, eq_ne, eq_re))),
+        ]
         with m.If(self.start):
             m.d.sync += [kk_left.eq(wm1), last_word.eq(w_one)]
         starting = head.first & first_word
@@ -804,10 +827,10 @@ class _Core(wiring.Component):
                         with m.If(starting):
                             m.d.sync += [cur_buf.eq(next_buf), next_buf.eq(~next_buf)]
                         with m.If(last_word):
-                            m.d.comb += head_pop.eq(1)
+                            m.d.comb += [head_pop.eq(1), r_adv.eq(1)]
                             m.d.sync += [
                                 kk.eq(0), kk_left.eq(wm1), last_word.eq(w_one),
-                                first_word.eq(1), ptr_r.eq(next_r),
+                                first_word.eq(1), ptr_r.eq(next_r), next_r.eq(after_r),
                                 rd_addr.eq(self._slot_word(next_r)),
                                 cnt.eq(Mux(head.last, 0, Mux(head.first, 1, cnt + 1))),
                             ]
