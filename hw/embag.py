@@ -333,16 +333,22 @@ class _ListReader(wiring.Component):
         lane = Signal(range(per))
         issued = self.req.valid & self.req.ready
         pop = Signal()
+        # The FIFO's head word in a register (refilled in the cycle it is consumed), so that the
+        # consumer's decision starts at flip-flops and not at the FIFO's LUT-RAM output.
+        head_valid = Signal()
+        head = Signal(8 * self.data_bytes + flags)
+        with m.If(~head_valid | pop):
+            m.d.sync += [head_valid.eq(buf.r_rdy), head.eq(buf.r_data)]
         m.d.comb += [
             self.req.valid.eq(active & (credit != self.DEPTH)),
             self.req.payload.eq(addr),
             buf.w_en.eq(self.rsp_valid),
             buf.w_data.eq(Cat(self.rsp_data, bad_in)),
-            self.o.valid.eq(buf.r_rdy),
-            self.o.payload.eq(buf.r_data.word_select(lane, E)),
-            self.o_bad.eq(buf.r_data[8 * self.data_bytes:].bit_select(lane, 1) if flags else 0),
+            self.o.valid.eq(head_valid),
+            self.o.payload.eq(head.word_select(lane, E)),
+            self.o_bad.eq(head[8 * self.data_bytes:].bit_select(lane, 1) if flags else 0),
             pop.eq(self.o.valid & self.o.ready & (lane == per - 1)),
-            buf.r_en.eq(pop),
+            buf.r_en.eq(~head_valid | pop),
         ]
         with m.If(issued):
             m.d.sync += addr.eq(addr + 1)
@@ -523,7 +529,10 @@ class _Core(wiring.Component):
         ptr_r = Signal(self.ptr_layout)
         next_i = self._next_ptr(m, ptr_i, "next_i")
         next_c = self._next_ptr(m, ptr_c, "next_c")
-        next_r = self._next_ptr(m, ptr_r, "next_r")
+        # The slot after `ptr_r`, in a register (advanced with `ptr_r`), so that the pooler's
+        # flags below compare registers only.
+        next_r = Signal(self.ptr_layout, init={"off": 0, "half": 1, "lap": 0})
+        after_r = self._next_ptr(m, next_r, "after_r")
 
         # ---------------------------------------------------------------------------------
         # Completions: in order; remember the first failing slot.
@@ -711,28 +720,60 @@ class _Core(wiring.Component):
             "weight": signed(8), "bag_end": 1, "count": 32, "code": ERR_WIDTH,
         })
 
-        head = data.View(meta_layout, meta.r_data)
+        # The FIFO's head in a register (a one-entry slice refilled in the cycle it is taken): the
+        # FIFO's LUT-RAM output then feeds only this register, not the pooler's decision.
+        head_valid = Signal()
+        head_reg = Signal(meta_layout)
+        head_pop = Signal()
+        head = head_reg
+        m.d.comb += meta.r_en.eq(~head_valid | head_pop)
+        with m.If(~head_valid | head_pop):
+            m.d.sync += [head_valid.eq(meta.r_rdy), head_reg.eq(meta.r_data)]
         kk = Signal(range(max_w + 1))
+        # `kk == w - 1` and `kk == 0` as registered flags: `kk_left` counts the words after `kk`.
+        kk_left = Signal(range(max_w + 1))
+        wm1 = Signal(range(max_w + 1))
+        w_one = Signal()
+        m.d.sync += [wm1.eq(job.w - 1), w_one.eq(job.w == 1)]
+        last_word = Signal()
+        first_word = Signal(init=1)
         cnt = Signal(32)
         bagno = Signal(32)
         next_buf = Signal()
         cur_buf = Signal()
         busy = Signal(2)
         free_buf = Signal(2)          # drain: buffer read out (one-cycle pulses)
-        reserved = Signal(range(_DRAIN_DEPTH + 1))   # drain pushes in the pipeline
         pool_err_bag = Signal(32)
         pool_err_pos = Signal(32)
 
         # The read address `_slot_word(ptr_r) + kk`, kept in a register (advanced with `kk` and
         # `ptr_r`) so that no adder sits in front of the scratchpad request and the bank clash.
         rd_addr = Signal(AW, init=p["ring_base"] % (1 << AW))
-        completed = ptr_r.as_value() != ptr_c.as_value()
-        failed = err_valid & (ptr_r.as_value() == err_ptr.as_value())
-        last_word = kk == job.w - 1
-        starting = head.first & (kk == 0)
+        # `completed` (ptr_r != ptr_c) and `failed` (err_valid & ptr_r == err_ptr) as registers,
+        # loaded with their next values: `r_adv` (the pooler moves to the next slot) only selects
+        # between compares of registers.
+        completed = Signal()
+        failed = Signal()
+        r_adv = Signal()
+        new_err = gd.valid & (gd.payload.error != 0) & ~err_valid
+        eq_rc = ptr_r.as_value() == ptr_c.as_value()
+        eq_nc = next_r.as_value() == ptr_c.as_value()
+        eq_re = ptr_r.as_value() == err_ptr.as_value()
+        eq_ne = next_r.as_value() == err_ptr.as_value()
+        m.d.sync += [
+            completed.eq(gd.valid | (completed & (~r_adv | ~eq_nc))),
+            failed.eq(Mux(new_err, Mux(r_adv, eq_nc, eq_rc),
+                          err_valid & Mux(r_adv, eq_ne, eq_re))),
+        ]
+        with m.If(self.start):
+            m.d.sync += [kk_left.eq(wm1), last_word.eq(w_one)]
+        starting = head.first & first_word
         buf_ok = ~starting | ~busy.bit_select(next_buf, 1)
-        credit_ok = (dq.level + reserved) < _DRAIN_DEPTH
-        have_entry = meta.r_rdy & ~pool_halted
+        # Drain requests queued or in the pipeline (`dq.level + reserved`), as one counter.
+        dq_used = Signal(range(_DRAIN_DEPTH + 1))
+        credit_ok = Signal()
+        m.d.comb += credit_ok.eq(dq_used != _DRAIN_DEPTH)
+        have_entry = head_valid & ~pool_halted
 
         # The next token is decided one cycle ahead into a request register (`sreq_*`): the
         # scratchpad sees a registered valid and address (gated only by the DMA-bank clash), and
@@ -786,30 +827,33 @@ class _Core(wiring.Component):
                         with m.If(starting):
                             m.d.sync += [cur_buf.eq(next_buf), next_buf.eq(~next_buf)]
                         with m.If(last_word):
-                            m.d.comb += meta.r_en.eq(1)
+                            m.d.comb += [head_pop.eq(1), r_adv.eq(1)]
                             m.d.sync += [
-                                kk.eq(0), ptr_r.eq(next_r),
+                                kk.eq(0), kk_left.eq(wm1), last_word.eq(w_one),
+                                first_word.eq(1), ptr_r.eq(next_r), next_r.eq(after_r),
                                 rd_addr.eq(self._slot_word(next_r)),
                                 cnt.eq(Mux(head.last, 0, Mux(head.first, 1, cnt + 1))),
                             ]
                             with m.If(head.last):
                                 m.d.sync += bagno.eq(bagno + 1)
                         with m.Else():
-                            m.d.sync += [kk.eq(kk + 1), rd_addr.eq(rd_addr + 1)]
+                            m.d.sync += [kk.eq(kk + 1), rd_addr.eq(rd_addr + 1),
+                                         kk_left.eq(kk_left - 1), last_word.eq(kk_left == 1),
+                                         first_word.eq(0)]
                 with m.Case(_M_EMPTY):
                     with m.If(credit_ok):
                         m.d.comb += [tok.valid.eq(1), tok.kind.eq(_K_EMPTY), tok.count.eq(1),
-                                     pushes.eq(1), meta.r_en.eq(1)]
+                                     pushes.eq(1), head_pop.eq(1)]
                         m.d.sync += bagno.eq(bagno + 1)
                 with m.Case(_M_END):
                     with m.If(credit_ok):
                         m.d.comb += [tok.valid.eq(1), tok.kind.eq(_K_END), pushes.eq(1),
-                                     meta.r_en.eq(1)]
+                                     head_pop.eq(1)]
                         m.d.sync += pool_halted.eq(1)
                 with m.Case(_M_ERROR):
                     with m.If(credit_ok):
                         m.d.comb += [tok.valid.eq(1), tok.kind.eq(_K_ABORT),
-                                     tok.code.eq(head.code), pushes.eq(1), meta.r_en.eq(1)]
+                                     tok.code.eq(head.code), pushes.eq(1), head_pop.eq(1)]
                         m.d.sync += [pool_halted.eq(1), pool_err_bag.eq(iss_err_bag),
                                      pool_err_pos.eq(iss_err_pos)]
         with m.If(adv):
@@ -863,7 +907,7 @@ class _Core(wiring.Component):
             dreq.code.eq(tok_b.code),
             dq.w_data.eq(dreq), dq.w_en.eq(b_push),
         ]
-        m.d.sync += reserved.eq(reserved + pushes - b_push)
+        m.d.sync += dq_used.eq(dq_used + pushes - (dq.r_en & dq.r_rdy))
 
         # ---------------------------------------------------------------------------------
         # Drain: accumulator words (W/4 INT32 lanes each) → [divider] → [requantisation and
