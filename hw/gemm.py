@@ -337,7 +337,12 @@ class GemmEngine(wiring.Component):
         rq_job, prm = Signal(job_layout), Signal(prm_layout)
         m.d.comb += [rq_job.eq(rq_jobs.r_data), prm.eq(prm_fifo.r_data)]
         rq_row = Signal(32)
-        have = rq_jobs.r_rdy & ~rq_job.error & prm_fifo.r_rdy & (~rq_job.acc | rd.o.valid)
+        # The parameter FIFO is popped in the cycle after a tile's last row entered the output
+        # stage, from a register: its read enable fans out to the FIFO's 72·C-bit read
+        # register, and a handshake in front of that fan-out was the engine's critical path.
+        prm_pop = Signal()
+        have = (rq_jobs.r_rdy & ~rq_job.error & prm_fifo.r_rdy & ~prm_pop
+                & (~rq_job.acc | rd.o.valid))
         m.d.comb += [
             rq.i.payload.eq(array.o.payload),
             rq.i.valid.eq(array.o.valid & have),
@@ -353,7 +358,8 @@ class GemmEngine(wiring.Component):
                          rq.params.multiplier[c].eq(prm.multiplier[c]),
                          rq.params.shift[c].eq(prm.shift[c])]
         entered = rq.i.valid & rq.i.ready
-        m.d.comb += [prm_fifo.r_en.eq(entered & array.o.payload.last),
+        m.d.sync += prm_pop.eq(entered & array.o.payload.last)
+        m.d.comb += [prm_fifo.r_en.eq(prm_pop),
                      rd.o.ready.eq(entered & rq_job.acc)]
         with m.If(rq_jobs.r_rdy & rq_job.error):
             m.d.comb += rq_jobs.r_en.eq(1)

@@ -30,12 +30,17 @@ register, a two-entry skid buffer that drives ``o``.
 
 The registers are there for timing (``synth/README.md``): on an ECP5 the product register ends the
 path through a MULT18X18D (or a LUT multiplier), each two adder levels are one carry chain deep,
-and the skid buffer keeps ``o.ready`` out of the global enable, which therefore depends on
-registers only before it fans out to every pipeline register.
+and the skid buffer keeps ``o.ready`` away from the pipeline.
 
-Throughput: one full step (R·C·L MACs) per cycle. The array stalls only when a tile finishes while
-the previous tile is still draining, that is when a tile has fewer than R steps
-(``ceil(K/L) < R``) or ``o`` applies backpressure.
+Only stage 1 can stall; from stage 2 on, every register loads every cycle, so no enable fans out
+to the thousands of pipeline registers (that fan-out was the GEMM engine's critical path on an
+ECP5). A finished tile that finds the drain buffer still emptying waits in a two-entry hold
+queue. A step flagged ``last`` leaves stage 1 only while fewer than three tiles are between
+stage 2 and the end of their drain, so a tile arriving at the accumulators always has a place.
+
+Throughput: one full step (R·C·L MACs) per cycle. The array stalls only when tiles are shorter than
+the drain (``ceil(K/L) < R`` steps) or ``o`` applies backpressure, and then only once the hold
+queue is full.
 
 Arithmetic: INT8×INT8 products are exact in 16 bits (``-128·-128 = 16384``); the dot product grows
 by ``ceil(log2 L)`` bits; accumulation is INT32, two's-complement wrapping. For in-range operands a
@@ -43,7 +48,7 @@ reduction of K ≤ 2^17 cannot overflow: ``|Σ| ≤ K·2^14 ≤ 2^31``, and the 
 2^31 (all products ``-128·-128``) needs K = 2^17 exactly.
 """
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -78,8 +83,8 @@ class PEArray(wiring.Component):
         ``payload.last`` marks the final step of a tile. Lanes past the end of K must be zero.
     b : In(stream.Signature(b_layout))
         One step's B slice. ``payload[c][l]`` is ``B[k+l, c]`` (signed INT8). ``a`` and ``b`` are
-        consumed together: one step happens in a cycle where both are valid and the array is not
-        stalled.
+        consumed together: one step happens in a cycle where both are valid and stage 1 can
+        take it.
     o : Out(stream.Signature(o_layout))
         Result rows, R beats per tile in row order. ``payload.data[c]`` is ``C[r, c]`` (signed
         INT32); ``payload.last`` marks row R-1.
@@ -119,35 +124,51 @@ class PEArray(wiring.Component):
         acc_layout = data.ArrayLayout(data.ArrayLayout(signed(32), C), R)
         row_layout = data.ArrayLayout(signed(32), C)
 
-        # Global pipeline enable: everything advances together unless a finished tile would
-        # overwrite a drain buffer that is still emptying. It depends only on registers (the
-        # output register's ``ready`` below is one), so its large fan-out starts from a flop.
-        en = Signal()
-
-        # Stage 1: operand registers.
+        # Stage 1: operand registers, the only stage that can stall. There is no global pipeline
+        # enable (on an FPGA its fan-out to every pipeline register was the GEMM engine's
+        # critical path): from stage 2 on everything advances every cycle. A step flagged
+        # ``last`` leaves stage 1 only while fewer than three finished-or-finishing tiles are
+        # between stage 2 and the end of their drain; the accumulators hand a finished tile to
+        # the drain buffer, or, while that is still emptying, to a two-entry hold queue, which
+        # therefore always has room.
         s1_valid = Signal()
         s1_last = Signal()
         s1_a = Signal(self.a_layout.members["data"])
         s1_b = Signal(self.b_layout)
-        # Stage 2: registered products, one per lane (the multiplier, DSP or LUTs, ends here).
-        s2_valid = Signal()
-        s2_last = Signal()
-        s2_prod = Signal(data.ArrayLayout(data.ArrayLayout(
-            data.ArrayLayout(signed(16), L), C), R))
-
-        with m.If(en):
+        pending = Signal(range(4))      # last steps past stage 1 whose tile is not yet drained
+        drain_done = Signal()
+        s1_move = Signal()
+        s1_load = Signal()
+        m.d.comb += [
+            s1_move.eq(s1_valid & (~s1_last | (pending != 3) | drain_done)),
+            s1_load.eq(~s1_valid | s1_move),
+            self.a.ready.eq(self.b.valid & s1_load),
+            self.b.ready.eq(self.a.valid & s1_load),
+        ]
+        with m.If(s1_load):
             m.d.sync += [
                 s1_valid.eq(self.a.valid & self.b.valid),
                 s1_last.eq(self.a.payload.last),
                 s1_a.eq(self.a.payload.data),
                 s1_b.eq(self.b.payload),
-                s2_valid.eq(s1_valid),
-                s2_last.eq(s1_last),
             ]
-            for r in range(R):
-                for c in range(C):
-                    for l in range(L):
-                        m.d.sync += s2_prod[r][c][l].eq(s1_a[r][l] * s1_b[c][l])
+        enter = s1_move & s1_last
+        with m.If(enter & ~drain_done):
+            m.d.sync += pending.eq(pending + 1)
+        with m.Elif(~enter & drain_done):
+            m.d.sync += pending.eq(pending - 1)
+
+        # Stage 2: registered products, one per lane (the multiplier, DSP or LUTs, ends here).
+        s2_valid = Signal()
+        s2_last = Signal()
+        s2_prod = Signal(data.ArrayLayout(data.ArrayLayout(
+            data.ArrayLayout(signed(16), L), C), R))
+        m.d.sync += [s2_valid.eq(s1_move), s2_last.eq(s1_last)]
+        for r in range(R):
+            for c in range(C):
+                for l in range(L):
+                    m.d.sync += s2_prod[r][c][l].eq(s1_a[r][l] * s1_b[c][l])
+        valids = [s1_valid, s2_valid]
 
         # Stages 3..: the adder tree, registered every TREE_LEVELS levels.
         terms = [[[s2_prod[r][c][l] for l in range(L)] for c in range(C)] for r in range(R)]
@@ -166,21 +187,22 @@ class PEArray(wiring.Component):
                     regs = []
                     for i, v in enumerate(sums):
                         reg = Signal(v.shape(), name=f"t{depth}_r{r}c{c}_{i}")
-                        with m.If(en):
-                            m.d.sync += reg.eq(v)
+                        m.d.sync += reg.eq(v)
                         regs.append(reg)
                     row.append(regs)
                 nxt.append(row)
             terms = nxt
             v_reg, l_reg = Signal(name=f"t{depth}_valid"), Signal(name=f"t{depth}_last")
-            with m.If(en):
-                m.d.sync += [v_reg.eq(valid), l_reg.eq(last)]
+            m.d.sync += [v_reg.eq(valid), l_reg.eq(last)]
             valid, last = v_reg, l_reg
+            valids.append(valid)
         dot = [[terms[r][c][0] for c in range(C)] for r in range(R)]
 
-        # Accumulators and the drain buffer (the second accumulator bank).
+        # Accumulators, the hold queue and the drain buffer.
         acc = Signal(acc_layout)
         first = Signal(init=1)
+        hold = [Signal(acc_layout, name=f"hold{i}") for i in range(2)]
+        hold_full = [Signal(name=f"hold{i}_full") for i in range(2)]
         drain = Signal(acc_layout)
         drain_full = Signal()
         drain_row = Signal(range(R))
@@ -190,23 +212,30 @@ class PEArray(wiring.Component):
         out_free = ~skid_valid
 
         drain_take = Signal()
-        drain_done = Signal()
+        arrive = Signal()
         m.d.comb += [
             drain_take.eq(drain_full & out_free),
             drain_done.eq(drain_take & (drain_row == R - 1)),
-            en.eq(~(valid & last & drain_full & ~drain_done)),
-            self.a.ready.eq(en & self.b.valid),
-            self.b.ready.eq(en & self.a.valid),
-            self.busy.eq(s1_valid | s2_valid | valid | drain_full | out_valid | ~first),
+            arrive.eq(valid & last),
+            self.busy.eq(Cat(*valids).any() | hold_full[0] | drain_full | out_valid | ~first
+                         | (pending != 0)),
         ]
 
-        # Accumulate; on the last step hand the tile to the drain buffer and restart.
+        # Accumulate; on the last step the finished tile (accumulator plus that step's dot
+        # product) leaves for the drain or the hold queue, and the next tile starts.
         acc_next = Signal(acc_layout)
         for r in range(R):
             for c in range(C):
                 m.d.comb += acc_next[r][c].eq(dot[r][c] + Mux(first, 0, acc[r][c]))
+        with m.If(valid):
+            with m.If(last):
+                m.d.sync += first.eq(1)
+            with m.Else():
+                m.d.sync += [acc.eq(acc_next), first.eq(0)]
 
-        # Drain: row 0 of the buffer moves to the output register; the rows shift up.
+        # Drain: row 0 of the buffer moves to the output register; the rows shift up. When the
+        # drain is (or is becoming) empty it takes the oldest held tile, else the arriving one;
+        # an arriving tile that cannot go to the drain joins the tail of the hold queue.
         with m.If(drain_take):
             for r in range(R - 1):
                 m.d.sync += drain[r].eq(drain[r + 1])
@@ -214,6 +243,26 @@ class PEArray(wiring.Component):
                 m.d.sync += [drain_full.eq(0), drain_row.eq(0)]
             with m.Else():
                 m.d.sync += drain_row.eq(drain_row + 1)
+        with m.If(~drain_full | drain_done):
+            with m.If(hold_full[0]):
+                m.d.sync += [drain.eq(hold[0]), drain_full.eq(1), drain_row.eq(0)]
+                with m.If(hold_full[1]):
+                    m.d.sync += hold[0].eq(hold[1])
+                    with m.If(arrive):
+                        m.d.sync += hold[1].eq(acc_next)
+                    with m.Else():
+                        m.d.sync += hold_full[1].eq(0)
+                with m.Elif(arrive):
+                    m.d.sync += hold[0].eq(acc_next)
+                with m.Else():
+                    m.d.sync += hold_full[0].eq(0)
+            with m.Elif(arrive):
+                m.d.sync += [drain.eq(acc_next), drain_full.eq(1), drain_row.eq(0)]
+        with m.Elif(arrive):
+            with m.If(~hold_full[0]):
+                m.d.sync += [hold[0].eq(acc_next), hold_full[0].eq(1)]
+            with m.Else():
+                m.d.sync += [hold[1].eq(acc_next), hold_full[1].eq(1)]
 
         # Skid buffer: ``out`` is presented on ``o``; a row taken from the drain while ``out`` is
         # held goes to ``skid``; the drain sends while ``skid`` is empty.
@@ -233,16 +282,5 @@ class PEArray(wiring.Component):
         with m.Elif(drain_take):
             m.d.sync += [skid_valid.eq(1), skid_data.eq(drain[0]),
                          skid_last.eq(drain_row == R - 1)]
-
-        with m.If(en & valid):
-            with m.If(last):
-                m.d.sync += [
-                    drain.eq(acc_next),
-                    drain_full.eq(1),
-                    drain_row.eq(0),
-                    first.eq(1),
-                ]
-            with m.Else():
-                m.d.sync += [acc.eq(acc_next), first.eq(0)]
 
         return m
