@@ -136,11 +136,14 @@ class PEArray(wiring.Component):
         s1_a = Signal(self.a_layout.members["data"])
         s1_b = Signal(self.b_layout)
         pending = Signal(range(4))      # last steps past stage 1 whose tile is not yet drained
+        # `pending != 3`, in a register (loaded with the next count), so stage 1's enable, which
+        # fans out to its registers and to the operand readers, is one LUT on flip-flops.
+        room = Signal(init=1)
         drain_done = Signal()
         s1_move = Signal()
         s1_load = Signal()
         m.d.comb += [
-            s1_move.eq(s1_valid & (~s1_last | (pending != 3) | drain_done)),
+            s1_move.eq(s1_valid & (~s1_last | room)),
             s1_load.eq(~s1_valid | s1_move),
             self.a.ready.eq(self.b.valid & s1_load),
             self.b.ready.eq(self.a.valid & s1_load),
@@ -154,9 +157,9 @@ class PEArray(wiring.Component):
             ]
         enter = s1_move & s1_last
         with m.If(enter & ~drain_done):
-            m.d.sync += pending.eq(pending + 1)
+            m.d.sync += [pending.eq(pending + 1), room.eq(pending != 2)]
         with m.Elif(~enter & drain_done):
-            m.d.sync += pending.eq(pending - 1)
+            m.d.sync += [pending.eq(pending - 1), room.eq(1)]
 
         # Stage 2: registered products, one per lane (the multiplier, DSP or LUTs, ends here).
         s2_valid = Signal()
