@@ -117,7 +117,9 @@ class CommandProcessor(wiring.Component):
     completed : Out(ArrayLayout(32, queues))
         Commands completed per queue.
     pending : Out(ArrayLayout(8, queues))
-        Commands queued or in flight per queue.
+        Commands queued or in flight per queue. A completion is registered and acted on over
+        the next two cycles (its error captured, its semaphore counts added); the command
+        counts as pending, and not yet in ``completed``, until both are visible.
     busy, waiting : Out(queues)
         Per queue: an engine holds a command / the head waits on a semaphore (for counters).
     error, error_id, error_queue : Out
@@ -127,7 +129,8 @@ class CommandProcessor(wiring.Component):
     head_id : Out(ArrayLayout(16, queues))
         Per queue, the id of the oldest command its engine holds (valid while ``busy``).
     ext_error : In(Signature(valid, code, id, queue))
-        An error raised outside (the watchdog); any other error of the same cycle wins.
+        An error raised outside (the watchdog). Like an engine's, it is captured the cycle
+        after it is raised; an engine error reported in the same cycle wins over it.
     """
 
     def __init__(self, *, opcodes, depth=8, inflight=4):
@@ -177,13 +180,21 @@ class CommandProcessor(wiring.Component):
         failing = Signal()
         fails = []
 
-        # Error capture: the first error wins.
+        # Error capture: the first error wins. Engine and external errors are registered first
+        # (so they are captured the cycle after they are reported, and `failing` stops issue in
+        # that cycle); a push error is already a register. At equal age an engine error wins
+        # over an external one, and both over a push error: the push error of cycle t+1 is
+        # younger than an engine error reported in cycle t.
         new_err = Signal(8)
         new_err_id = Signal(16)
         new_err_q = Signal(4)
-        with m.If(self.ext_error.valid):
-            m.d.comb += [new_err.eq(self.ext_error.code), new_err_id.eq(self.ext_error.id),
-                         new_err_q.eq(self.ext_error.queue)]
+        x_valid = Signal()
+        x_code = Signal(8)
+        x_id = Signal(16)
+        x_queue = Signal(4)
+        m.d.sync += [x_valid.eq(self.ext_error.valid), x_code.eq(self.ext_error.code),
+                     x_id.eq(self.ext_error.id), x_queue.eq(self.ext_error.queue)]
+        fails.append(self.ext_error.valid)
 
         # Push: a register stage that holds the command with its header already checked and
         # routed (the queue it goes to, its waits as a mask, an opcode/header error); the cycle
@@ -213,6 +224,10 @@ class CommandProcessor(wiring.Component):
         dec = [Signal(N_SEMS, name=f"dec_q{q}") for q in range(nq)]
         ready = [Signal(name=f"ready_{q}") for q in range(nq)]
         masks = [Signal(N_SEMS, name=f"head_mask_{q}") for q in range(nq)]
+        with m.If(p_err != 0):
+            m.d.comb += [new_err.eq(p_err), new_err_id.eq(p_cmd.header.id), new_err_q.eq(0)]
+        with m.If(x_valid):
+            m.d.comb += [new_err.eq(x_code), new_err_id.eq(x_id), new_err_q.eq(x_queue)]
         # `sems[s] != 0`, kept in a register beside the counts (updated with them below), so the
         # issue decision starts from one flip-flop per semaphore, not from an 8-bit zero test.
         nonzero = Signal(N_SEMS)
@@ -307,6 +322,8 @@ class CommandProcessor(wiring.Component):
             m.d.comb += track.r_en.eq(completes)
             fails.append(completes & (eng.done.payload.error != 0))
             c_valid = Signal(name=f"done_valid_{q}")
+            c_settle = Signal(name=f"done_settle_{q}")
+            m.d.sync += c_settle.eq(c_valid)
             c_signals = Signal(2 * N_SEMS, name=f"done_signals_{q}")
             c_id = Signal(16, name=f"done_id_{q}")
             c_error = Signal(4, name=f"done_error_{q}")
@@ -318,21 +335,22 @@ class CommandProcessor(wiring.Component):
             ]
             for s in range(N_SEMS):
                 m.d.comb += inc[q][s].eq(c_signals[s] + c_signals[N_SEMS + s])
-            with m.If(c_valid):
+            with m.If(c_settle):
                 m.d.sync += self.completed[q].eq(self.completed[q] + 1)
+            with m.If(c_valid):
                 with m.If(c_error != 0):
                     m.d.comb += [new_err.eq(ERR_ENGINE | c_error), new_err_id.eq(c_id),
                                  new_err_q.eq(q)]
             m.d.comb += [
                 self.busy[q].eq(track.r_rdy),
                 self.head_id[q].eq(track.r_data[2 * N_SEMS:]),
-                self.pending[q].eq(queue.level + head_full + track.level + p_mine[q]),
+                # A completion stays pending until its error is captured and its semaphore
+                # counts are in `sems` (two cycles), so an idle STATUS means all of it is seen.
+                self.pending[q].eq(queue.level + head_full + track.level + p_mine[q] +
+                                   c_valid + c_settle),
             ]
 
         m.d.sync += failing.eq(_or_tree(fails))
-
-        with m.If(p_err != 0):
-            m.d.comb += [new_err.eq(p_err), new_err_id.eq(p_cmd.header.id), new_err_q.eq(0)]
 
         # Semaphores: every queue's takes and completions in one update per cycle. The
         # completions' counts are summed per semaphore into a register (`up`) first, so a
