@@ -117,7 +117,9 @@ class CommandProcessor(wiring.Component):
     completed : Out(ArrayLayout(32, queues))
         Commands completed per queue.
     pending : Out(ArrayLayout(8, queues))
-        Commands queued or in flight per queue.
+        Commands queued or in flight per queue. A completion is registered and acted on over
+        the next two cycles (its error captured, its semaphore counts added); the command
+        counts as pending, and not yet in ``completed``, until both are visible.
     busy, waiting : Out(queues)
         Per queue: an engine holds a command / the head waits on a semaphore (for counters).
     error, error_id, error_queue : Out
@@ -127,7 +129,8 @@ class CommandProcessor(wiring.Component):
     head_id : Out(ArrayLayout(16, queues))
         Per queue, the id of the oldest command its engine holds (valid while ``busy``).
     ext_error : In(Signature(valid, code, id, queue))
-        An error raised outside (the watchdog); any other error of the same cycle wins.
+        An error raised outside (the watchdog). Like an engine's, it is captured the cycle
+        after it is raised; an engine error reported in the same cycle wins over it.
     """
 
     def __init__(self, *, opcodes, depth=8, inflight=4):
@@ -171,15 +174,27 @@ class CommandProcessor(wiring.Component):
         m = Module()
         nq = len(self.opcodes)
         sems = self.sems
-        halt = self.error != 0
+        halt = Signal()                     # `error != 0`, in its own flip-flop
+        # An engine reported an error in the previous cycle: it is captured one cycle later than
+        # the completion, so this flag stops issue in between, as the error itself would.
+        failing = Signal()
+        fails = []
 
-        # Error capture: the first error wins.
+        # Error capture: the first error wins. Engine and external errors are registered first
+        # (so they are captured the cycle after they are reported, and `failing` stops issue in
+        # that cycle); a push error is already a register. At equal age an engine error wins
+        # over an external one, and both over a push error: the push error of cycle t+1 is
+        # younger than an engine error reported in cycle t.
         new_err = Signal(8)
         new_err_id = Signal(16)
         new_err_q = Signal(4)
-        with m.If(self.ext_error.valid):
-            m.d.comb += [new_err.eq(self.ext_error.code), new_err_id.eq(self.ext_error.id),
-                         new_err_q.eq(self.ext_error.queue)]
+        x_valid = Signal()
+        x_code = Signal(8)
+        x_id = Signal(16)
+        x_queue = Signal(4)
+        m.d.sync += [x_valid.eq(self.ext_error.valid), x_code.eq(self.ext_error.code),
+                     x_id.eq(self.ext_error.id), x_queue.eq(self.ext_error.queue)]
+        fails.append(self.ext_error.valid)
 
         # Push: a register stage that holds the command with its header already checked and
         # routed (the queue it goes to, its waits as a mask, an opcode/header error); the cycle
@@ -204,10 +219,15 @@ class CommandProcessor(wiring.Component):
                          Mux(self.push.valid & bad_sem, ERR_MALFORMED, 0))),
         ]
 
+        # Per queue and semaphore, a completion's count (0-2), registered; `dec`: takes.
         inc = [[Signal(2, name=f"inc_q{q}_s{s}") for s in range(N_SEMS)] for q in range(nq)]
         dec = [Signal(N_SEMS, name=f"dec_q{q}") for q in range(nq)]
         ready = [Signal(name=f"ready_{q}") for q in range(nq)]
         masks = [Signal(N_SEMS, name=f"head_mask_{q}") for q in range(nq)]
+        with m.If(p_err != 0):
+            m.d.comb += [new_err.eq(p_err), new_err_id.eq(p_cmd.header.id), new_err_q.eq(0)]
+        with m.If(x_valid):
+            m.d.comb += [new_err.eq(x_code), new_err_id.eq(x_id), new_err_q.eq(x_queue)]
         # `sems[s] != 0`, kept in a register beside the counts (updated with them below), so the
         # issue decision starts from one flip-flop per semaphore, not from an 8-bit zero test.
         nonzero = Signal(N_SEMS)
@@ -216,11 +236,14 @@ class CommandProcessor(wiring.Component):
             eng = self.engines[q]
             # Each entry carries, beside the command, its waits decoded at push time into a mask
             # of semaphores (`wait` and `wait2` one-hot, SEM_NONE none): the issue logic then
-            # reads a register per semaphore instead of a 16-way multiplexer per wait.
-            queue = fifo.SyncFIFOBuffered(width=cmd_layout.size + N_SEMS, depth=self.depth)
-            # First-word fall-through: an entry is readable the cycle after the take, before the
-            # engine can possibly complete the command (it sees it from the issue register).
-            track = fifo.SyncFIFO(width=5 + 5 + 16, depth=max(self.inflight, 2))
+            # reads a register per semaphore instead of a 16-way multiplexer per wait. The queue
+            # is followed by a head register (below), so it holds one entry less.
+            queue = fifo.SyncFIFOBuffered(width=cmd_layout.size + N_SEMS,
+                                          depth=max(self.depth - 1, 1))
+            # Bookkeeping of issued commands: their signals as two one-hot masks (decoded at issue
+            # from the head register) and their id. First-word fall-through: an entry is readable
+            # the cycle after the take, before the engine can possibly complete the command.
+            track = fifo.SyncFIFO(width=2 * N_SEMS + 16, depth=max(self.inflight, 2))
             m.submodules[f"queue{q}"] = queue
             m.submodules[f"track{q}"] = track
             with m.If(p_mine[q]):
@@ -231,13 +254,20 @@ class CommandProcessor(wiring.Component):
                                  new_err_q.eq(q)]
             m.d.comb += queue.w_data.eq(Cat(p_cmd, p_mask))
 
-            # Gate: the head leaves the queue into the issue register once its semaphore allows;
-            # the count is taken at that moment, so `cmd.valid` never drops before `ready`.
-            cmd_reg = Signal(cmd_layout, name=f"issue_{q}")
-            cmd_full = Signal(name=f"issue_full_{q}")
+            # Head register: the queue's read data comes from LUT RAM, late in the cycle, so the
+            # oldest entry is first moved into flip-flops (when the register is empty) and the
+            # issue decision starts from them.
             qhead = Signal(cmd_layout, name=f"head_{q}")
             qmask = masks[q]
-            m.d.comb += Cat(qhead, qmask).eq(queue.r_data)
+            head_full = Signal(name=f"head_full_{q}")
+            m.d.comb += queue.r_en.eq(~head_full)
+            with m.If(~head_full & queue.r_rdy):
+                m.d.sync += [Cat(qhead, qmask).eq(queue.r_data), head_full.eq(1)]
+
+            # Gate: the head moves into the issue register once its semaphores allow; the count is
+            # taken at that moment, so `cmd.valid` never drops before `ready`.
+            cmd_reg = Signal(cmd_layout, name=f"issue_{q}")
+            cmd_full = Signal(name=f"issue_full_{q}")
             # A semaphore gives at most one count per cycle, to the lowest-numbered queue that is
             # ready to take it (`ready_q`: a head, its waits non-zero, room to issue), so two
             # queues can never both take the last count. The priority looks at the lower queues'
@@ -260,55 +290,77 @@ class CommandProcessor(wiring.Component):
             # into the semaphore and queue logic. Commands last longer than the refill cycle.
             room = Signal(name=f"issue_room_{q}")
             ready_q = ready[q]
-            m.d.comb += room.eq(queue.r_rdy & ~halt & ~self.hold & ~cmd_full & track.w_rdy)
+            m.d.comb += room.eq(head_full & ~halt & ~failing & ~self.hold & ~cmd_full &
+                                track.w_rdy)
             m.d.comb += ready_q.eq(room & own_ok)
             take = Signal(name=f"take_{q}")
             m.d.comb += take.eq(ready_q & free)
+            signals = Cat(Cat(qhead.header.signal == s for s in range(N_SEMS)),
+                          Cat(qhead.header.signal2 == s for s in range(N_SEMS)))
             m.d.comb += [
-                queue.r_en.eq(take),
-                self.waiting[q].eq(queue.r_rdy & ~sem_ok & ~halt),
+                self.waiting[q].eq(head_full & ~sem_ok & ~halt),
                 eng.cmd.valid.eq(cmd_full),
                 eng.cmd.payload.eq(cmd_reg),
                 track.w_en.eq(take),
-                track.w_data.eq(Cat(qhead.header.signal, qhead.header.signal2, qhead.header.id)),
+                track.w_data.eq(Cat(signals, qhead.header.id)),
                 dec[q].eq(qmask & take.replicate(N_SEMS)),
             ]
             with m.If(eng.cmd.ready & cmd_full):
                 m.d.sync += cmd_full.eq(0)
+            # While empty, the issue register follows the head register (so its 256 enables
+            # hang on one flip-flop, not on the issue decision); a take only marks it full.
+            with m.If(~cmd_full):
+                m.d.sync += cmd_reg.eq(qhead)
             with m.If(take):
-                m.d.sync += [cmd_reg.eq(qhead), cmd_full.eq(1)]
+                m.d.sync += [cmd_full.eq(1), head_full.eq(0)]
 
-            # Completion: in issue order; signal the semaphore, count, capture engine errors.
-            signal, signal2, cid = track.r_data[:5], track.r_data[5:10], track.r_data[10:]
-            # Completions are always taken. One with no bookkeeping entry can only come from a
-            # command issued before a `clear`, and is discarded.
+            # Completion: in issue order. Completions are always taken; one with no bookkeeping
+            # entry can only come from a command issued before a `clear`, and is discarded. The
+            # completion is registered (its signals, id and error) and acted on the cycle after.
             m.d.comb += eng.done.ready.eq(1)
             completes = eng.done.valid & track.r_rdy
             m.d.comb += track.r_en.eq(completes)
+            fails.append(completes & (eng.done.payload.error != 0))
+            c_valid = Signal(name=f"done_valid_{q}")
+            c_settle = Signal(name=f"done_settle_{q}")
+            m.d.sync += c_settle.eq(c_valid)
+            c_signals = Signal(2 * N_SEMS, name=f"done_signals_{q}")
+            c_id = Signal(16, name=f"done_id_{q}")
+            c_error = Signal(4, name=f"done_error_{q}")
+            m.d.sync += [
+                c_valid.eq(completes),
+                c_signals.eq(track.r_data[:2 * N_SEMS] & completes.replicate(2 * N_SEMS)),
+                c_id.eq(track.r_data[2 * N_SEMS:]),
+                c_error.eq(eng.done.payload.error),
+            ]
             for s in range(N_SEMS):
-                m.d.comb += inc[q][s].eq((completes & (signal == s))
-                                         + (completes & (signal2 == s)))
-            with m.If(completes):
+                m.d.comb += inc[q][s].eq(c_signals[s] + c_signals[N_SEMS + s])
+            with m.If(c_settle):
                 m.d.sync += self.completed[q].eq(self.completed[q] + 1)
-                with m.If(eng.done.payload.error != 0):
-                    m.d.comb += [new_err.eq(ERR_ENGINE | eng.done.payload.error),
-                                 new_err_id.eq(cid), new_err_q.eq(q)]
+            with m.If(c_valid):
+                with m.If(c_error != 0):
+                    m.d.comb += [new_err.eq(ERR_ENGINE | c_error), new_err_id.eq(c_id),
+                                 new_err_q.eq(q)]
             m.d.comb += [
                 self.busy[q].eq(track.r_rdy),
-                self.head_id[q].eq(cid),
-                self.pending[q].eq(queue.level + track.level + p_mine[q]),
+                self.head_id[q].eq(track.r_data[2 * N_SEMS:]),
+                # A completion stays pending until its error is captured and its semaphore
+                # counts are in `sems` (two cycles), so an idle STATUS means all of it is seen.
+                self.pending[q].eq(queue.level + head_full + track.level + p_mine[q] +
+                                   c_valid + c_settle),
             ]
 
-        with m.If(p_err != 0):
-            m.d.comb += [new_err.eq(p_err), new_err_id.eq(p_cmd.header.id), new_err_q.eq(0)]
+        m.d.sync += failing.eq(_or_tree(fails))
 
-        # Semaphores: every queue's takes and completions in one update per cycle. At most one
-        # queue takes a given semaphore per cycle, so `down` is one bit, and both outcomes
-        # (`sems + up` and `sems + up - 1`, with their zero tests) are computed from the counts
-        # and the completions alone: the takes only select one, so no adder follows the issue
-        # decision.
+        # Semaphores: every queue's takes and completions in one update per cycle. The
+        # completions' counts are summed per semaphore into a register (`up`) first, so a
+        # completion adds its count two cycles after the engine reports it. At most one queue
+        # takes a given semaphore per cycle, so `down` is one bit, and both outcomes (`sems + up`
+        # and `sems + up - 1`, with their zero tests) come from registers alone: the takes only
+        # select one, so no adder follows the issue decision.
         for s in range(N_SEMS):
-            up = sum(inc[q][s] for q in range(nq))
+            up = Signal(range(2 * nq + 1), name=f"sem_up_{s}")
+            m.d.sync += up.eq(sum(inc[q][s] for q in range(nq)))
             down = Signal(name=f"sem_down_{s}")
             m.d.comb += down.eq(_or_tree(dec[q][s] for q in range(nq)))
             keep = Signal(8, name=f"sem_keep_{s}")
@@ -322,9 +374,9 @@ class CommandProcessor(wiring.Component):
             with m.Else():
                 m.d.sync += [sems[s].eq(keep), nonzero[s].eq(keep != 0)]
 
-        with m.If((self.error == 0) & (new_err != 0)):
+        with m.If(~halt & (new_err != 0)):
             m.d.sync += [self.error.eq(new_err), self.error_id.eq(new_err_id),
-                         self.error_queue.eq(new_err_q)]
+                         self.error_queue.eq(new_err_q), halt.eq(1)]
         m.d.comb += self.irq.eq(halt)
 
         # Soft reset: a synchronous reset of this whole block, FIFOs included.
