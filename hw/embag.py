@@ -114,14 +114,16 @@ Pooler
     alternate between the two buffers, so one bag is written out while the next accumulates.
 Drain and writer
     Reads a finished buffer as INT32 words of ``W/4`` lanes, divides them in mean mode (an
-    iterative divider of ``div_steps`` quotient bits per cycle on ``W/4`` lanes at once),
+    iterative divider of ``div_steps`` quotient bits per two cycles on ``W/4`` lanes at once,
+    two words interleaved),
     requantises them with ``requant`` (a ``Requant`` of ``W/4`` lanes; four results, or the
     last ones of a row, are packed into one word), and realigns them to the output address with
     the DMA's byte realigner (``out_addr`` and ``out_stride`` need only be multiples of 4, or
     of 1 for INT8, so TBE columns pack densely); partial words are written with byte masks
     (``out_wr``, from a small FIFO after the realigner). The divider works in radix
     ``2**div_steps``: ``2**div_steps - 1`` subtractors per lane compare the partial remainder
-    with the divisor's multiples in parallel, so a cycle is one carry chain deep.
+    with the divisor's multiples in parallel, one cycle, and the registered one-hot digit
+    selects the next remainder the next cycle, so a cycle is one carry chain or one select.
 
 Why the ring alternates halves, and ``dma_wr``
     Every gathered word is written into the ring by the DMA and read back by the pooler, and a
@@ -363,14 +365,28 @@ class _ListReader(wiring.Component):
 class _MeanDivider(wiring.Component):
     """``sign(s)·floor((|s| + floor(n/2)) / n)`` on ``lanes`` INT32 lanes with one divisor ``n``.
 
-    Restoring division of the 33-bit ``|s| + floor(n/2)`` by ``n`` (≥ 1) in radix ``2**steps``:
-    each cycle compares the partial remainder with the ``2**steps - 1`` multiples of ``n`` (held
-    in registers) in parallel, so a cycle is one carry chain and a multiplexer whatever
-    ``steps``. One word every ``ceil(33 / steps) + 2`` cycles: the accept, the digits, and a
-    last cycle that restores the sign into the output register.
+    Restoring division of the 33-bit ``|s| + floor(n/2)`` by ``n`` (≥ 1) in radix ``2**steps``,
+    each quotient digit in two pipeline stages, with two words (two *contexts*) interleaved so
+    that both stages work every cycle. The two contexts' registers swap every cycle between the
+    stage-1 side (``x``) and the stage-2 side (``d``):
+
+    - stage 1 (``x`` → ``d``): the partial remainder shifted by a digit minus the ``2**steps - 1``
+      multiples of ``n`` (held in registers per lane), in parallel; the candidates' low 32 bits
+      and the digit as a one-hot code (from the differences' signs) go into registers, so this
+      stage is one carry chain and one LUT;
+    - stage 2 (``d`` → ``x``): the one-hot digit selects the next remainder among the registered
+      candidates (an AND-OR tree from flip-flops) and is appended to the quotient.
+
+    A word is loaded into the context moving to ``x`` (its raw sum and ``n``); its first round
+    trip (``PREP``) forms ``|s| + floor(n/2)`` and the multiples of ``n``, then ``ceil(33 /
+    steps)`` round trips give the digits, and a last one (``FIX``) restores the sign into the
+    output register. Loads and outputs alternate between the two contexts, so words leave in
+    order. One word every ``ceil(33 / steps) + 2`` cycles (two in flight, each taking twice as
+    long); the input's ``ready`` depends on registers only.
     """
 
     BITS = 33
+    IDLE, PREP, RUN, FIX = 0, 1, 2, 3
 
     def __init__(self, *, lanes, steps):
         self.lanes, self.steps = lanes, steps
@@ -381,80 +397,121 @@ class _MeanDivider(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        U = self.steps
+        U, L = self.steps, self.lanes
+        IDLE, PREP, RUN, FIX = self.IDLE, self.PREP, self.RUN, self.FIX
         cycles = -(-self.BITS // U)
         NB = cycles * U                       # dividend bits, zero-padded on top
         RW = 32 + U + 1                       # a remainder shifted in, and its difference's sign
-        running = Signal()
-        fixing = Signal()
-        it = Signal(range(cycles + 1))
-        # The multiples j·n, j = 1 .. 2**U - 1 (each below 2**(32 + U)).
-        mult = [Signal(32 + U, name=f"mult{j}") for j in range(1 << U)]
-        o_full = Signal()
-        o_data = Signal(32 * self.lanes)
-        neg = [Signal(name=f"neg{i}") for i in range(self.lanes)]
-        num = [Signal(NB, name=f"num{i}") for i in range(self.lanes)]
-        rem = [Signal(32, name=f"rem{i}") for i in range(self.lanes)]
-        quo = [Signal(NB, name=f"quo{i}") for i in range(self.lanes)]
+        odd = list(range(1, 1 << U, 2))       # stored multiples; the even ones are shifts
 
+        def ctx(side):
+            c = {
+                "st": Signal(2, name=f"st_{side}"), "cid": Signal(name=f"cid_{side}",
+                                                                  init=side == "d"),
+                "it": Signal(range(cycles + 1), name=f"it_{side}"),
+                "neg": [Signal(name=f"neg{i}_{side}") for i in range(L)],
+                "num": [Signal(NB, name=f"num{i}_{side}") for i in range(L)],
+                "quo": [Signal(NB, name=f"quo{i}_{side}") for i in range(L)],
+                # Per lane copies of the multiples j·n (odd j), so no register feeds every lane.
+                "mult": [{j: Signal(32 + U, name=f"mult{i}_{j}_{side}") for j in odd}
+                         for i in range(L)],
+            }
+            return c
+
+        x, d = ctx("x"), ctx("d")
+        rem_x = [Signal(32, name=f"rem{i}_x") for i in range(L)]
+        cand_d = [[Signal(32, name=f"cand{i}_{j}_d") for j in range(1 << U)] for i in range(L)]
+        hot_d = [Signal(1 << U, name=f"hot{i}_d") for i in range(L)]
+        in_turn = Signal(init=1)              # the context (cid) that takes the next word
+        out_turn = Signal(init=1)             # the context that gives the next result
+        o_full = Signal()
+        o_data = Signal(32 * L)
+
+        def multiple(mults, j):
+            """j·n from the stored odd multiples: an even j is a shifted odd one."""
+            s = 0
+            while not j >> s & 1:
+                s += 1
+            return mults[j >> s] << s
+
+        # ---- stage 1: x → d
+        prep_x = x["st"] == PREP
+        m.d.sync += [d["st"].eq(x["st"]), d["cid"].eq(x["cid"]), d["it"].eq(x["it"])]
+        for i in range(L):
+            nn, r = x["num"][i], rem_x[i]
+            m.d.sync += [d["neg"][i].eq(x["neg"][i]), d["quo"][i].eq(x["quo"][i])]
+            shifted = Signal(32 + U, name=f"div{i}_sh")
+            m.d.comb += shifted.eq(Cat(nn[NB - U:], r))
+            ge = [Const(1, 1)]
+            for j in range(1, 1 << U):
+                dj = Signal(RW, name=f"div{i}_d{j}")
+                m.d.comb += dj.eq(shifted - multiple(x["mult"][i], j))
+                ge.append(~dj[RW - 1])
+                m.d.sync += cand_d[i][j].eq(dj[:32])
+            ge.append(Const(0, 1))
+            hot = Cat(ge[j] & ~ge[j + 1] for j in range(1 << U))
+            m.d.sync += [
+                cand_d[i][0].eq(Mux(prep_x, 0, shifted[:32])),
+                hot_d[i].eq(Mux(prep_x, 1, hot)),
+            ]
+            # PREP: |s| + floor(n/2) as one adder, (s ^ sign) + floor(n/2) + sign, the carry-in
+            # entering as a low bit of both operands; and the multiples of n.
+            n = x["mult"][i][1][:32]
+            sneg = x["neg"][i]
+            total = Signal(34, name=f"num_in{i}")
+            m.d.comb += total.eq(Cat(sneg, nn[:32] ^ sneg.replicate(32))
+                                 + Cat(sneg, (n >> 1)[:31]))
+            m.d.sync += d["num"][i].eq(Mux(prep_x, total[1:], nn << U))
+            for j in odd:
+                terms = [n << b for b in range(U) if j >> b & 1]
+                m.d.sync += d["mult"][i][j].eq(
+                    Mux(prep_x, sum(terms[1:], terms[0]), x["mult"][i][j]))
+
+        # ---- stage 2: d → x
+        run_d = d["st"] == RUN
+        fix_d = d["st"] == FIX
+        mine_in = d["cid"] == in_turn
+        mine_out = d["cid"] == out_turn
+        fire = fix_d & mine_out & (~o_full | self.o.ready)
         m.d.comb += [
-            self.i.ready.eq(~running & ~fixing),
+            self.i.ready.eq(mine_in & ((d["st"] == IDLE) | (fix_d & mine_out & ~o_full))),
             self.o.valid.eq(o_full),
             self.o.payload.eq(o_data),
         ]
+        load = self.i.valid & self.i.ready
+        m.d.sync += [x["cid"].eq(d["cid"]), x["st"].eq(d["st"])]
+        m.d.sync += x["it"].eq(d["it"] + run_d)
+        with m.If(run_d & (d["it"] == cycles - 1)):
+            m.d.sync += x["st"].eq(FIX)
+        with m.If(d["st"] == PREP):
+            m.d.sync += x["st"].eq(RUN)
         with m.If(self.o.ready):
             m.d.sync += o_full.eq(0)
-        with m.If(self.i.valid & self.i.ready):
-            n = self.i.payload.count
-            m.d.sync += [running.eq(1), it.eq(0)]
-            for j in range(1, 1 << U):       # shifts and adds (a constant multiply could
-                terms = [n << b for b in range(U) if j >> b & 1]     # become a DSP)
-                m.d.sync += mult[j].eq(sum(terms[1:], terms[0]))
-            for i in range(self.lanes):
-                s = self.i.payload.data.word_select(i, 32)
-                sneg = s[31]
-                # |s| + floor(n/2) as one adder: (s ^ sign) + floor(n/2) + sign, the carry-in
-                # entering as a low bit of both operands.
-                total = Signal(34, name=f"num_in{i}")
-                m.d.comb += total.eq(Cat(sneg, s ^ sneg.replicate(32))
-                                     + Cat(sneg, (n >> 1)[:31]))
-                m.d.sync += [neg[i].eq(sneg), num[i].eq(total[1:]), rem[i].eq(0),
-                             quo[i].eq(0)]
-        with m.If(running):
-            for i in range(self.lanes):
-                r, nn, q = rem[i], num[i], quo[i]
-                shifted = Signal(32 + U, name=f"div{i}_sh")
-                m.d.comb += shifted.eq(Cat(nn[NB - U:], r))
-                # diff[j] = shifted - j·n; ge[j]: shifted ≥ j·n (a thermometer code in j).
-                diffs = [shifted]
-                ge = [Const(1, 1)]
-                for j in range(1, 1 << U):
-                    d = Signal(RW, name=f"div{i}_d{j}")
-                    m.d.comb += d.eq(shifted - mult[j])
-                    diffs.append(d)
-                    ge.append(~d[RW - 1])
-                # The digit is the thermometer's top set position; one-hot, then AND-OR trees.
-                ge.append(Const(0, 1))
-                hot = [ge[j] & ~ge[j + 1] for j in range(1 << U)]
-                digit = Signal(U, name=f"div{i}_q")
-                r_next = Signal(32, name=f"div{i}_rn")
-                m.d.comb += [
-                    digit.eq(_or_tree([Mux(hot[j], j, 0) for j in range(1, 1 << U)])),
-                    r_next.eq(_or_tree([Mux(hot[j], diffs[j][:32], 0) for j in range(1 << U)])),
-                ]
-                m.d.sync += [rem[i].eq(r_next), num[i].eq(nn << U),
-                             quo[i].eq(Cat(digit, q)[:NB])]
-            m.d.sync += it.eq(it + 1)
-            with m.If(it == cycles - 1):
-                m.d.sync += [running.eq(0), fixing.eq(1)]
-        with m.If(fixing & (~o_full | self.o.ready)):
-            # The sign as a second adder stage: -q = ~q + 1, again with the carry-in as low bits.
-            for i in range(self.lanes):
+        with m.If(fire):
+            m.d.sync += [x["st"].eq(IDLE), o_full.eq(1), out_turn.eq(~out_turn)]
+            for i in range(L):
+                # The sign as a second adder: -q = ~q + 1, again with the carry-in as low bits.
                 fixed = Signal(34, name=f"div{i}_fix")
-                m.d.comb += fixed.eq(Cat(neg[i], quo[i][:32] ^ neg[i].replicate(32))
-                                     + Cat(neg[i], Const(0, 32)))
+                ng, q = d["neg"][i], d["quo"][i]
+                m.d.comb += fixed.eq(Cat(ng, q[:32] ^ ng.replicate(32)) + Cat(ng, Const(0, 32)))
                 m.d.sync += o_data.word_select(i, 32).eq(fixed[1:33])
-            m.d.sync += [fixing.eq(0), o_full.eq(1)]
+        for i in range(L):
+            digit = Signal(U, name=f"div{i}_q")
+            hd = hot_d[i]
+            m.d.comb += digit.eq(_or_tree([Mux(hd[j], j, 0) for j in range(1, 1 << U)]))
+            m.d.sync += [
+                rem_x[i].eq(_or_tree([Mux(hd[j], cand_d[i][j], 0) for j in range(1 << U)])),
+                x["neg"][i].eq(d["neg"][i]), x["num"][i].eq(d["num"][i]),
+                x["quo"][i].eq(Mux(run_d, Cat(digit, d["quo"][i])[:NB], d["quo"][i])),
+            ]
+            for j in odd:
+                m.d.sync += x["mult"][i][j].eq(d["mult"][i][j])
+        with m.If(load):
+            m.d.sync += [x["st"].eq(PREP), x["it"].eq(0), in_turn.eq(~in_turn)]
+            for i in range(L):
+                s = self.i.payload.data.word_select(i, 32)
+                m.d.sync += [x["neg"][i].eq(s[31]), x["num"][i].eq(s), x["quo"][i].eq(0),
+                             x["mult"][i][1].eq(self.i.payload.count)]
         return m
 
 
@@ -988,12 +1045,20 @@ class _Core(wiring.Component):
 
         sh = data.View(src_layout, src_q.r_data)
         # `post`: the source words after the optional divider, each with `last` (of its row).
-        # The divider holds one word at a time, so the `last` of the word inside it is a register.
+        # The divider holds up to three words (two in its contexts, one in its output register),
+        # in order: their `last` bits wait in a shift register, the oldest in bit 0.
         post_valid, post_ready, post_last = Signal(), Signal(), Signal()
         post_data = Signal(8 * D)
-        div_last = Signal()
-        with m.If(div.i.valid & div.i.ready):
-            m.d.sync += div_last.eq(sh.last)
+        div_lasts = Signal(3)
+        div_n = Signal(range(4))
+        div_push = div.i.valid & div.i.ready
+        div_pop = div.o.valid & div.o.ready
+        div_last = div_lasts[0]
+        with m.If(div_pop):
+            m.d.sync += div_lasts.eq(div_lasts >> 1)
+        with m.If(div_push):
+            m.d.sync += div_lasts.bit_select((div_n - div_pop)[:2], 1).eq(sh.last)
+        m.d.sync += div_n.eq(div_n + div_push - div_pop)
         with m.If(job.mode == MODE_MEAN):
             m.d.comb += [
                 div.i.valid.eq(src_q.r_rdy), div.i.payload.data.eq(sh.data),
@@ -1103,7 +1168,7 @@ class EmbeddingBagEngine(wiring.Component):
         Depth of the metadata FIFO: the most rows between issue and pooling (with the ring's own
         ``2·floor(ring_half / w)``).
     div_steps : int
-        Quotient bits per cycle of the mean divider (1 to 4): radix ``2**div_steps``, with
+        Quotient bits per digit of the mean divider (1 to 4): radix ``2**div_steps``, with
         ``2**div_steps - 1`` subtractors per lane working in parallel.
 
     Members
