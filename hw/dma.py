@@ -185,24 +185,31 @@ class _Front(wiring.Component):
         desc, rows = self.desc, self.rows
         dl = desc.payload.shape()
 
-        # Stage 1: the accepted descriptor, the spans of its rows (registered multiplies) and
-        # the end of its first row on each side (registered adders).
+        # Stage 1: the accepted descriptor, `rows - 1` and the end of its first row on each side
+        # (registered adders).
         q_valid = Signal()
         q = Signal(dl)
-        q_span = Signal(ROWS_WIDTH + len(q.sram_stride))  # (rows - 1) · sram_stride
+        q_rm1 = Signal(ROWS_WIDTH)                        # rows - 1
         # Stage 2 (`r`): the same descriptor with its check's partial results (`c_*`), computed
-        # from stage 1's registers as it moves on (`mv`). Both stages hold one descriptor each,
-        # so descriptors of one row still go through at one per cycle.
+        # from stage 1's registers as it moves on (`mv`): the spans of its rows (multiplies with
+        # registered operands into registers) and the room left after its first row. Both
+        # stages hold one descriptor each, so descriptors of one row still go through at one
+        # per cycle.
         r_valid = Signal()
         r = Signal(dl)
         mv = Signal()
         aw = len(q.dram_addr)
         sram_end = Signal(max(len(q.sram_addr), len(q.row_bytes)) + 1)  # first row's end
-        c_sram_end = Signal(max(len(q_span), len(sram_end)) + 1)        # last row's end
+        c_span = Signal(ROWS_WIDTH + len(q.sram_stride))  # (rows - 1) · sram_stride
+        c_room = Signal(signed(len(sram_end) + 1))        # sram_limit - first row's end
         with m.If(mv):
-            m.d.sync += c_sram_end.eq(sram_end + q_span)
+            m.d.sync += [
+                c_span.eq(q_rm1 * q.sram_stride),
+                c_room.eq(self.sram_limit - sram_end),
+            ]
         malformed = (r.rows == 0) | (r.row_bytes == 0)
-        out_of_range = c_sram_end > self.sram_limit
+        # The last row's end, sram_end + span, is beyond the limit.
+        out_of_range = c_room[-1] | (c_span > c_room[:-1])
         outside = Signal()
         code = Mux(malformed, ERR_MALFORMED,
                    Mux(out_of_range, ERR_RANGE, Mux(outside, ERR_WINDOW, ERR_OK)))
@@ -210,32 +217,25 @@ class _Front(wiring.Component):
             # The rows span `A .. A + D + n - 1` (D >= 0) or `A + D .. A + n - 1` (D < 0), with
             # A = dram_addr, n = row_bytes and D = (rows - 1) · dram_stride, the stride signed.
             # Each bound is checked as 32-bit-wide steps instead of one carry chain of
-            # ROWS_WIDTH + aw + 3 bits: registers hold `A - base`, `limit - (A + n - 1)` and the
-            # upper bits of D (zero, or all ones for -2^aw <= D < 0); the cycle after, each bound
-            # is one aw-bit carry chain on D's low bits.
-            q_dspan = Signal(signed(ROWS_WIDTH + aw + 1))
+            # ROWS_WIDTH + aw + 3 bits: registers hold D, `A - base` and
+            # `limit - (A + n - 1)`; from them, each bound is one aw-bit carry chain on D's low
+            # bits and a test of D's upper bits (zero, or all ones for -2^aw <= D < 0).
             dram_last = Signal(signed(aw + 2))               # A + n - 1, first row
             with m.If(desc.valid & desc.ready):
-                m.d.sync += [
-                    q_dspan.eq((desc.payload.rows - 1)[:ROWS_WIDTH]
-                               * desc.payload.dram_stride.as_signed()),
-                    dram_last.eq(desc.payload.dram_addr + desc.payload.row_bytes - 1),
-                ]
+                m.d.sync += dram_last.eq(desc.payload.dram_addr + desc.payload.row_bytes - 1)
+            c_dspan = Signal(signed(ROWS_WIDTH + aw + 1))    # D
             c_lo = Signal(signed(aw + 1))        # A - base: A >= base when non-negative
             c_hi = Signal(signed(aw + 3))        # limit - (A + n - 1): first row within limit
-            c_dlo = Signal(aw)                   # D mod 2^aw
-            c_dneg = Signal()                    # D < 0
-            c_dzero = Signal()                   # D >> aw == 0: 0 <= D < 2^aw
-            c_dones = Signal()                   # D >> aw == -1: -2^aw <= D < 0
             with m.If(mv):
                 m.d.sync += [
+                    c_dspan.eq(q_rm1 * q.dram_stride.as_signed()),
                     c_lo.eq(q.dram_addr - self.base),
                     c_hi.eq(self.limit - dram_last),
-                    c_dlo.eq(q_dspan[:aw]),
-                    c_dneg.eq(q_dspan[-1]),
-                    c_dzero.eq(q_dspan[aw:] == 0),
-                    c_dones.eq(q_dspan[aw:] == (1 << (len(q_dspan) - aw)) - 1),
                 ]
+            c_dlo = c_dspan[:aw]                 # D mod 2^aw
+            c_dneg = c_dspan[-1]                 # D < 0
+            c_dzero = c_dspan[aw:] == 0          # D >> aw == 0: 0 <= D < 2^aw
+            c_dones = c_dspan[aw:] == (1 << (len(c_dspan) - aw)) - 1  # D >> aw == -1
             # D < 0: A + D >= base  <=>  D + (A - base) >= 0  <=>  A >= base, D >= -2^aw and the
             # aw-bit sum D mod 2^aw + (A - base) carries out. D >= 0: D <= limit - (A + n - 1)
             # <=> the first row is within the limit, D < 2^aw and D mod 2^aw <= c_hi.
@@ -278,7 +278,7 @@ class _Front(wiring.Component):
             m.d.sync += [
                 q_valid.eq(1),
                 q.eq(desc.payload),
-                q_span.eq((desc.payload.rows - 1)[:ROWS_WIDTH] * desc.payload.sram_stride),
+                q_rm1.eq(desc.payload.rows - 1),
                 sram_end.eq(desc.payload.sram_addr + desc.payload.row_bytes),
             ]
         with m.Elif(mv):
