@@ -65,16 +65,17 @@ Structure (per direction)
     carries its error code.
 Row FIFOs
     Each row entry is forked, with its geometry precomputed (beat counts, rotation, edge lanes),
-    into the FIFOs of the units below. The load realigner's FIFO holds ``outstanding + 4`` rows
+    into the FIFOs of the units below. The load realigner's FIFO holds ``outstanding + 6`` rows
     (a row waits there from before its first AR until its last R beat); the store realigner's
-    holds 8, enough for one-beat rows to flow at one per cycle.
+    holds 10, enough for one-beat rows to flow at one per cycle.
 Scratchpad reader (stores)
     Reads each row's scratchpad words, only while the 4-word read buffer has room for every
     read in flight (responses cannot be refused).
 Burst splitter
     Splits each row's DRAM beats into INCR bursts of full-size beats (``AxSIZE = k``) that stop at
     ``max_burst`` beats and at every 4 KB boundary, and issues them on AR/AW while fewer than
-    ``outstanding`` transactions of that direction are in flight.
+    ``outstanding`` transactions of that direction are in flight. A row register and a burst
+    register sit between the row FIFO and AR/AW (two cycles of latency, one burst per cycle).
 ``_Realigner``
     Rotates each input beat by the row's relative byte offset ``(dst - src) mod data_bytes`` (a
     log-depth barrel shifter) and merges it with the previous beat, producing the destination
@@ -185,24 +186,31 @@ class _Front(wiring.Component):
         desc, rows = self.desc, self.rows
         dl = desc.payload.shape()
 
-        # Stage 1: the accepted descriptor, the spans of its rows (registered multiplies) and
-        # the end of its first row on each side (registered adders).
+        # Stage 1: the accepted descriptor, `rows - 1` and the end of its first row on each side
+        # (registered adders).
         q_valid = Signal()
         q = Signal(dl)
-        q_span = Signal(ROWS_WIDTH + len(q.sram_stride))  # (rows - 1) · sram_stride
+        q_rm1 = Signal(ROWS_WIDTH)                        # rows - 1
         # Stage 2 (`r`): the same descriptor with its check's partial results (`c_*`), computed
-        # from stage 1's registers as it moves on (`mv`). Both stages hold one descriptor each,
-        # so descriptors of one row still go through at one per cycle.
+        # from stage 1's registers as it moves on (`mv`): the spans of its rows (multiplies with
+        # registered operands into registers) and the room left after its first row. Both
+        # stages hold one descriptor each, so descriptors of one row still go through at one
+        # per cycle.
         r_valid = Signal()
         r = Signal(dl)
         mv = Signal()
         aw = len(q.dram_addr)
         sram_end = Signal(max(len(q.sram_addr), len(q.row_bytes)) + 1)  # first row's end
-        c_sram_end = Signal(max(len(q_span), len(sram_end)) + 1)        # last row's end
+        c_span = Signal(ROWS_WIDTH + len(q.sram_stride))  # (rows - 1) · sram_stride
+        c_room = Signal(signed(len(sram_end) + 1))        # sram_limit - first row's end
         with m.If(mv):
-            m.d.sync += c_sram_end.eq(sram_end + q_span)
+            m.d.sync += [
+                c_span.eq(q_rm1 * q.sram_stride),
+                c_room.eq(self.sram_limit - sram_end),
+            ]
         malformed = (r.rows == 0) | (r.row_bytes == 0)
-        out_of_range = c_sram_end > self.sram_limit
+        # The last row's end, sram_end + span, is beyond the limit.
+        out_of_range = c_room[-1] | (c_span > c_room[:-1])
         outside = Signal()
         code = Mux(malformed, ERR_MALFORMED,
                    Mux(out_of_range, ERR_RANGE, Mux(outside, ERR_WINDOW, ERR_OK)))
@@ -210,32 +218,25 @@ class _Front(wiring.Component):
             # The rows span `A .. A + D + n - 1` (D >= 0) or `A + D .. A + n - 1` (D < 0), with
             # A = dram_addr, n = row_bytes and D = (rows - 1) · dram_stride, the stride signed.
             # Each bound is checked as 32-bit-wide steps instead of one carry chain of
-            # ROWS_WIDTH + aw + 3 bits: registers hold `A - base`, `limit - (A + n - 1)` and the
-            # upper bits of D (zero, or all ones for -2^aw <= D < 0); the cycle after, each bound
-            # is one aw-bit carry chain on D's low bits.
-            q_dspan = Signal(signed(ROWS_WIDTH + aw + 1))
+            # ROWS_WIDTH + aw + 3 bits: registers hold D, `A - base` and
+            # `limit - (A + n - 1)`; from them, each bound is one aw-bit carry chain on D's low
+            # bits and a test of D's upper bits (zero, or all ones for -2^aw <= D < 0).
             dram_last = Signal(signed(aw + 2))               # A + n - 1, first row
             with m.If(desc.valid & desc.ready):
-                m.d.sync += [
-                    q_dspan.eq((desc.payload.rows - 1)[:ROWS_WIDTH]
-                               * desc.payload.dram_stride.as_signed()),
-                    dram_last.eq(desc.payload.dram_addr + desc.payload.row_bytes - 1),
-                ]
+                m.d.sync += dram_last.eq(desc.payload.dram_addr + desc.payload.row_bytes - 1)
+            c_dspan = Signal(signed(ROWS_WIDTH + aw + 1))    # D
             c_lo = Signal(signed(aw + 1))        # A - base: A >= base when non-negative
             c_hi = Signal(signed(aw + 3))        # limit - (A + n - 1): first row within limit
-            c_dlo = Signal(aw)                   # D mod 2^aw
-            c_dneg = Signal()                    # D < 0
-            c_dzero = Signal()                   # D >> aw == 0: 0 <= D < 2^aw
-            c_dones = Signal()                   # D >> aw == -1: -2^aw <= D < 0
             with m.If(mv):
                 m.d.sync += [
+                    c_dspan.eq(q_rm1 * q.dram_stride.as_signed()),
                     c_lo.eq(q.dram_addr - self.base),
                     c_hi.eq(self.limit - dram_last),
-                    c_dlo.eq(q_dspan[:aw]),
-                    c_dneg.eq(q_dspan[-1]),
-                    c_dzero.eq(q_dspan[aw:] == 0),
-                    c_dones.eq(q_dspan[aw:] == (1 << (len(q_dspan) - aw)) - 1),
                 ]
+            c_dlo = c_dspan[:aw]                 # D mod 2^aw
+            c_dneg = c_dspan[-1]                 # D < 0
+            c_dzero = c_dspan[aw:] == 0          # D >> aw == 0: 0 <= D < 2^aw
+            c_dones = c_dspan[aw:] == (1 << (len(c_dspan) - aw)) - 1  # D >> aw == -1
             # D < 0: A + D >= base  <=>  D + (A - base) >= 0  <=>  A >= base, D >= -2^aw and the
             # aw-bit sum D mod 2^aw + (A - base) carries out. D >= 0: D <= limit - (A + n - 1)
             # <=> the first row is within the limit, D < 2^aw and D mod 2^aw <= c_hi.
@@ -278,7 +279,7 @@ class _Front(wiring.Component):
             m.d.sync += [
                 q_valid.eq(1),
                 q.eq(desc.payload),
-                q_span.eq((desc.payload.rows - 1)[:ROWS_WIDTH] * desc.payload.sram_stride),
+                q_rm1.eq(desc.payload.rows - 1),
                 sram_end.eq(desc.payload.sram_addr + desc.payload.row_bytes),
             ]
         with m.Elif(mv):
@@ -586,54 +587,81 @@ class DMA(wiring.Component):
         page_beats = 4096 // self.data_bytes
         return page_beats - wa[:page_beats.bit_length() - 1]
 
-    def _bursts(self, m, name, head, fire):
-        """Burst splitter over a row FIFO head ``{wa, beats, room}``.
+    def _bursts(self, m, name, fifo, layout, take, *, reject=False):
+        """Burst splitter over a row FIFO of ``layout`` ``{wa, beats, room, ...}``.
 
-        ``room`` is :meth:`_room` of ``wa``, computed before the row FIFO. Returns the next
-        burst's byte address, length in beats and whether it ends the row; ``fire`` advances it.
-        The first burst of a row is cut from the head's fields, the next ones from registers that
-        the previous burst left (address, beats left, beats to the 4 KB boundary), so no adder
-        sits in front of the length's comparison. A burst that does not end its row is
-        ``min(room, max_burst)`` beats long, so the registers' next values are chosen by
+        ``room`` is :meth:`_room` of ``wa``, computed before the row FIFO. Two register stages,
+        so that no path starts at the FIFO's (LUT RAM) output or ends at the AXI outputs: the
+        row register (`A`) takes the FIFO's head and holds the next burst's address, the beats
+        left and the beats to the 4 KB boundary; the burst register (`B`) holds one burst:
+        ``valid``, byte ``addr``, ``len_m1`` (AxLEN), ``last`` (it ends the row) and ``row``
+        (the row's entry, for its other fields). ``take`` (driven by the caller) consumes B;
+        A's burst moves to B when B is empty or taken, and A loads the next row as its last
+        burst moves, so one-burst rows go through at one per cycle. A burst that does not end
+        its row is ``min(room, max_burst)`` beats long, so A's next values are chosen by
         ``room <= max_burst`` among candidates computed beside it: the next 4 KB page (an
         increment of the page number), the address plus ``max_burst`` (an increment of the bits
-        above it), ``left - room`` and ``left - max_burst``; no adder follows the length.
+        above it), ``left - room`` and ``left - max_burst``. With ``reject``, a row whose
+        ``err`` is nonzero is a single burst (``last``) for the caller to pass on without AxVALID.
         """
         k, D, MB = self.k, self.data_bytes, self.max_burst
         page_beats = 4096 // D
         pb = page_beats.bit_length() - 1
         mbb = MB.bit_length() - 1
-        started = Signal(name=f"{name}_started")
-        cur_r = Signal.like(head.wa, name=f"{name}_cur_r")
-        left_r = Signal.like(head.beats, name=f"{name}_left_r")
-        room_r = Signal(range(page_beats + 1), name=f"{name}_room_r")
+        head = data.View(layout, fifo.r_data)
+        a_valid = Signal(name=f"{name}_a_valid")
+        a_row = Signal(layout, name=f"{name}_a_row")
+        a_rej = Signal(name=f"{name}_a_rej")
         cur = Signal.like(head.wa, name=f"{name}_cur")
         left = Signal.like(head.beats, name=f"{name}_left")
-        room = Signal.like(room_r, name=f"{name}_room")
+        room = Signal(range(page_beats + 1), name=f"{name}_room")
         to_page = Signal(name=f"{name}_to_page")   # room <= MB: the burst stops at the boundary
-        cap = Signal(range(MB + 1), name=f"{name}_cap")
         last = Signal(name=f"{name}_last")
-        blen = Signal(range(MB + 1), name=f"{name}_len")
+        len_m1 = Signal(range(max(MB, 2)), name=f"{name}_len_m1")
         next_page = Cat(Const(0, pb), cur[pb:] + 1)
         next_mb = Cat(cur[:mbb], cur[mbb:] + 1) if MB < page_beats else next_page
         m.d.comb += [
-            cur.eq(Mux(started, cur_r, head.wa)),
-            left.eq(Mux(started, left_r, head.beats)),
-            room.eq(Mux(started, room_r, head.room)),
             to_page.eq(room <= MB),
-            cap.eq(Mux(to_page, room, MB)),
-            last.eq(Mux(to_page, left <= room, left <= MB)),
-            blen.eq(Mux(last, left, cap)),
+            last.eq(a_rej | Mux(to_page, left <= room, left <= MB)),
+            len_m1.eq(Mux(last, left - 1, Mux(to_page, room - 1, MB - 1))),
         ]
-        # When the burst ends the row, the registers are not used again (`started` clears).
-        with m.If(fire):
+        b = {
+            "valid": Signal(name=f"{name}_b_valid"),
+            "addr": Signal(len(head.wa) + k, name=f"{name}_b_addr"),
+            "len_m1": Signal(range(max(MB, 2)), name=f"{name}_b_len_m1"),
+            "last": Signal(name=f"{name}_b_last"),
+            "row": Signal(layout, name=f"{name}_b_row"),
+            "reject": Signal(name=f"{name}_b_rej"),
+        }
+        b_free = ~b["valid"] | take
+        adv = a_valid & b_free
+        load = fifo.r_rdy & (~a_valid | (adv & last))
+        m.d.comb += fifo.r_en.eq(load)
+        with m.If(b_free):
             m.d.sync += [
-                started.eq(~last),
-                cur_r.eq(Mux(to_page, next_page, next_mb)),
-                left_r.eq(Mux(to_page, left - room, left - MB)),
-                room_r.eq(Mux(to_page, page_beats, room - MB)),
+                b["valid"].eq(a_valid),
+                b["addr"].eq(Cat(Const(0, k), cur)),
+                b["len_m1"].eq(len_m1),
+                b["last"].eq(last),
+                b["row"].eq(a_row),
+                b["reject"].eq(a_rej),
             ]
-        return Cat(Const(0, k), cur), blen, last
+        with m.If(load):
+            m.d.sync += [
+                a_valid.eq(1), a_row.eq(head), cur.eq(head.wa), left.eq(head.beats),
+                room.eq(head.room),
+            ]
+            if reject:
+                m.d.sync += a_rej.eq(head.err != 0)
+        with m.Elif(adv & last):
+            m.d.sync += a_valid.eq(0)
+        with m.Elif(adv):
+            m.d.sync += [
+                cur.eq(Mux(to_page, next_page, next_mb)),
+                left.eq(Mux(to_page, left - room, left - MB)),
+                room.eq(Mux(to_page, page_beats, room - MB)),
+            ]
+        return b
 
     def elaborate(self, platform):
         m = Module()
@@ -669,7 +697,7 @@ class DMA(wiring.Component):
 
         # Fork each row to the realigner (rows waiting for data) and the AR splitter.
         rfifo = m.submodules.load_rows = SyncFIFOBuffered(
-            width=realign.row_layout.size, depth=O + 4)
+            width=realign.row_layout.size, depth=O + 6)
         afifo = m.submodules.load_ar_rows = SyncFIFOBuffered(width=burst_layout.size, depth=4)
         row = front.rows.payload
         reject = row.err != 0
@@ -691,16 +719,14 @@ class DMA(wiring.Component):
         ]
 
         # AR: bursts while fewer than `outstanding` reads are in flight.
-        ahead = data.View(burst_layout, afifo.r_data)
         inflight = Signal(range(O + 1))
         ar_fire = axi.arvalid & axi.arready
-        addr, blen, last_burst = self._bursts(m, "ar", ahead, ar_fire)
+        burst = self._bursts(m, "ar", afifo, burst_layout, ar_fire)
         r_done = axi.rvalid & axi.rready & axi.rlast
         m.d.comb += [
-            axi.arvalid.eq(afifo.r_rdy & (inflight != O)),
-            axi.araddr.eq(addr),
-            axi.arlen.eq(blen - 1),
-            afifo.r_en.eq(ar_fire & last_burst),
+            axi.arvalid.eq(burst["valid"] & (inflight != O)),
+            axi.araddr.eq(burst["addr"]),
+            axi.arlen.eq(burst["len_m1"]),
         ]
         m.d.sync += inflight.eq(inflight + ar_fire - r_done)
 
@@ -761,10 +787,10 @@ class DMA(wiring.Component):
         # descriptor only goes to the AW splitter, which hands it to the B tracker.
         afifo = m.submodules.store_aw_rows = SyncFIFOBuffered(width=burst_layout.size, depth=4)
         sfifo = m.submodules.store_rd_rows = SyncFIFOBuffered(width=read_layout.size, depth=4)
-        # Rows wait here from the walker until their last W beat: about 6 cycles when the data
-        # flows, so 8 entries keep one-beat rows at one per cycle.
+        # Rows wait here from the walker until their last W beat: about 8 cycles when the data
+        # flows, so 10 entries keep one-beat rows at one per cycle.
         rfifo = m.submodules.store_rows = SyncFIFOBuffered(width=realign.row_layout.size,
-                                                           depth=8)
+                                                           depth=10)
         row = front.rows.payload
         reject = row.err != 0
         geo = self._geometry(row.sram, row.dram, row.n)
@@ -788,25 +814,25 @@ class DMA(wiring.Component):
         ]
 
         # AW: one B-tracker entry per burst; the tracker's depth is the outstanding limit.
+        # A rejected descriptor goes through the splitter as one burst without AW, so that its
+        # B-tracker entry stays in order.
         bfifo = m.submodules.store_b = SyncFIFOBuffered(width=b_layout.size, depth=O)
-        ahead = data.View(burst_layout, afifo.r_data)
-        a_reject = ahead.err != 0
+        b_take = Signal()
+        burst = self._bursts(m, "aw", afifo, burst_layout, b_take, reject=True)
+        brow = burst["row"]
         aw_fire = axi.awvalid & axi.awready
-        addr, blen, last_burst = self._bursts(m, "aw", ahead, aw_fire)
         bentry = Signal(b_layout)
         m.d.comb += [
-            axi.awvalid.eq(afifo.r_rdy & ~a_reject & bfifo.w_rdy),
-            axi.awaddr.eq(addr),
-            axi.awlen.eq(blen - 1),
-            bentry.desc_last.eq(a_reject | (ahead.desc_last & last_burst)),
-            bentry.tag.eq(ahead.tag),
-            bentry.err.eq(ahead.err),
+            axi.awvalid.eq(burst["valid"] & ~burst["reject"] & bfifo.w_rdy),
+            axi.awaddr.eq(burst["addr"]),
+            axi.awlen.eq(burst["len_m1"]),
+            bentry.desc_last.eq(burst["reject"] | (brow.desc_last & burst["last"])),
+            bentry.tag.eq(brow.tag),
+            bentry.err.eq(brow.err),
             bfifo.w_data.eq(bentry),
+            b_take.eq(aw_fire | (burst["valid"] & burst["reject"] & bfifo.w_rdy)),
+            bfifo.w_en.eq(b_take),
         ]
-        with m.If(afifo.r_rdy & a_reject & bfifo.w_rdy):
-            m.d.comb += [bfifo.w_en.eq(1), afifo.r_en.eq(1)]
-        with m.If(aw_fire):
-            m.d.comb += [bfifo.w_en.eq(1), afifo.r_en.eq(last_burst)]
 
         # Scratchpad reads, only with room for their data in the read buffer.
         dfifo = m.submodules.store_data = SyncFIFO(width=8 * D, depth=_STORE_READ_BUFFER)
