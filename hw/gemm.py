@@ -255,9 +255,12 @@ class GemmEngine(wiring.Component):
         m.submodules.requant = rq = Requant(cols=C)
 
         # Per-command bookkeeping, read at two points: where rows enter the output stage (the
-        # scalars) and where they are written (address, packing, completion).
+        # scalars) and where they are written (address, packing, completion). The tile counts
+        # are stored minus one, with flags for "one tile", so that the counters below compare
+        # nothing wide.
         job_layout = data.StructLayout({
-            "c_addr": self.addr_width, "rows": 32, "tag": self.tag_width, "error": 1,
+            "c_addr": self.addr_width, "m1": 16, "n1": 16, "m_one": 1, "n_one": 1,
+            "tag": self.tag_width, "error": 1,
             "raw": 1, "zero_point": 8, "act_min": 8, "act_max": 8, "acc": 1,
         })
         m.submodules.rq_jobs = rq_jobs = fifo.SyncFIFOBuffered(width=job_layout.size, depth=4)
@@ -285,7 +288,8 @@ class GemmEngine(wiring.Component):
         job_in = Signal(job_layout)
         m.d.comb += [
             job_in.c_addr.eq(cmd.c_addr),
-            job_in.rows.eq(cmd.m_tiles * cmd.n_tiles * R),
+            job_in.m1.eq(cmd.m_tiles - 1), job_in.n1.eq(cmd.n_tiles - 1),
+            job_in.m_one.eq(cmd.m_tiles == 1), job_in.n_one.eq(cmd.n_tiles == 1),
             job_in.tag.eq(cmd.tag),
             job_in.error.eq(malformed),
             job_in.raw.eq(cmd.raw),
@@ -296,6 +300,25 @@ class GemmEngine(wiring.Component):
             rq_jobs.w_data.eq(job_in), rq_jobs.w_en.eq(accept),
             wr_jobs.w_data.eq(job_in), wr_jobs.w_en.eq(accept),
         ]
+
+        def tile_counter(load, job, tile_end, name):
+            """High (a register) while the current command is in its last tile. Counts the
+            tiles of ``job`` (i outer, j inner) down: ``load`` starts a command (from the FIFO's
+            head, ``job``), ``tile_end`` ends a tile of the held command ``held``."""
+            tj, ti = Signal(16, name=f"{name}_tj"), Signal(16, name=f"{name}_ti")
+            fj, fi = Signal(name=f"{name}_fj"), Signal(name=f"{name}_fi")
+            held = Signal(job_layout, name=f"{name}_job")
+            with m.If(load):
+                m.d.sync += [held.eq(job), tj.eq(job.n1), ti.eq(job.m1),
+                             fj.eq(job.n_one), fi.eq(job.m_one)]
+            with m.Elif(tile_end):
+                with m.If(fj):
+                    m.d.sync += [tj.eq(held.n1), fj.eq(held.n_one)]
+                    with m.If(~fi):
+                        m.d.sync += [ti.eq(ti - 1), fi.eq(ti == 1)]
+                with m.Else():
+                    m.d.sync += [tj.eq(tj - 1), fj.eq(tj == 1)]
+            return held, fj & fi
 
         # Reader outputs → array. The array joins the two streams itself.
         m.d.comb += [
@@ -334,76 +357,106 @@ class GemmEngine(wiring.Component):
                 m.d.sync += word_idx.eq(0)
 
         # Array rows → output stage, with the tile's parameters and the command's scalars.
-        rq_job, prm = Signal(job_layout), Signal(prm_layout)
-        m.d.comb += [rq_job.eq(rq_jobs.r_data), prm.eq(prm_fifo.r_data)]
-        rq_row = Signal(32)
-        # The parameter FIFO is popped in the cycle after a tile's last row entered the output
-        # stage, from a register: its read enable fans out to the FIFO's 72·C-bit read
-        # register, and a handshake in front of that fan-out was the engine's critical path.
-        prm_pop = Signal()
-        have = (rq_jobs.r_rdy & ~rq_job.error & prm_fifo.r_rdy & ~prm_pop
-                & (~rq_job.acc | rd.o.valid))
+        # Everything the join looks at is a register, so that `array.o.ready` (which reaches the
+        # clock enables of the array's output register) is one LUT on flip-flops: the current
+        # command (`rq_job`, loaded from `rq_jobs` while empty; malformed commands are dropped
+        # there), the current tile's parameters (`prm`, loaded from `prm_fifo` while empty) and
+        # a one-entry register slice on the partial-sum reader. FIFO outputs come straight from
+        # LUT RAM, late in the cycle; with these registers they feed only D inputs.
+        rq_valid, prm_valid = Signal(), Signal()
+        prm = Signal(prm_layout)
+        part_valid, part_data = Signal(), Signal(32 * C)
+        # `go_plain`: command and parameters held, not `acc`; `go_acc`: likewise, `acc`.
+        go_plain, go_acc = Signal(), Signal()
+        rq_head = Signal(job_layout)
+        m.d.comb += rq_head.eq(rq_jobs.r_data)
+        have, entered = Signal(), Signal()
+        tile_end = entered & array.o.payload.last
+        rq_load = ~rq_valid & rq_jobs.r_rdy
+        rq_job, rq_last_tile = tile_counter(rq_load, rq_head, tile_end, "rq")
         m.d.comb += [
-            rq.i.payload.eq(array.o.payload),
-            rq.i.valid.eq(array.o.valid & have),
+            have.eq(go_plain | (go_acc & part_valid)),
             array.o.ready.eq(rq.i.ready & have),
+            rq.i.valid.eq(array.o.valid & have),
+            entered.eq(rq.i.valid & rq.i.ready),
+            rq.i.payload.eq(array.o.payload),
             rq.params.raw.eq(rq_job.raw),
             rq.params.zero_point.eq(rq_job.zero_point),
             rq.params.act_min.eq(rq_job.act_min),
             rq.params.act_max.eq(rq_job.act_max),
+            rq_jobs.r_en.eq(~rq_valid),
+            prm_fifo.r_en.eq(~prm_valid),
         ]
         for c in range(C):
-            partial = rd.o.payload.word[32 * c:32 * (c + 1)]
+            partial = part_data[32 * c:32 * (c + 1)]
             m.d.comb += [rq.params.bias[c].eq(Mux(rq_job.acc, partial, prm.bias[c])),
                          rq.params.multiplier[c].eq(prm.multiplier[c]),
                          rq.params.shift[c].eq(prm.shift[c])]
-        entered = rq.i.valid & rq.i.ready
-        m.d.sync += prm_pop.eq(entered & array.o.payload.last)
-        m.d.comb += [prm_fifo.r_en.eq(prm_pop),
-                     rd.o.ready.eq(entered & rq_job.acc)]
-        with m.If(rq_jobs.r_rdy & rq_job.error):
-            m.d.comb += rq_jobs.r_en.eq(1)
-        with m.If(entered):
-            with m.If(rq_row == rq_job.rows - 1):
-                m.d.comb += rq_jobs.r_en.eq(1)
-                m.d.sync += rq_row.eq(0)
-            with m.Else():
-                m.d.sync += rq_row.eq(rq_row + 1)
+        rq_valid_next, prm_valid_next, acc_next = Signal(), Signal(), Signal()
+        m.d.comb += [
+            rq_valid_next.eq(Mux(rq_valid, ~(tile_end & rq_last_tile),
+                                 rq_jobs.r_rdy & ~rq_head.error)),
+            acc_next.eq(Mux(rq_valid, rq_job.acc, rq_head.acc)),
+            prm_valid_next.eq(Mux(prm_valid, ~tile_end, prm_fifo.r_rdy)),
+        ]
+        m.d.sync += [
+            rq_valid.eq(rq_valid_next), prm_valid.eq(prm_valid_next),
+            go_plain.eq(rq_valid_next & prm_valid_next & ~acc_next),
+            go_acc.eq(rq_valid_next & prm_valid_next & acc_next),
+        ]
+        with m.If(~prm_valid):
+            m.d.sync += prm.eq(prm_fifo.r_data)
+        # The partial-sum slice: one row per result row of an `acc` command.
+        part_take = entered & rq_job.acc
+        m.d.comb += rd.o.ready.eq(~part_valid | part_take)
+        with m.If(rd.o.valid & rd.o.ready):
+            m.d.sync += [part_valid.eq(1), part_data.eq(rd.o.payload.word[:32 * C])]
+        with m.Elif(part_take):
+            m.d.sync += part_valid.eq(0)
 
-        # Writer: one result row per scratchpad word, INT32 or packed INT8.
-        job = Signal(job_layout)
-        m.d.comb += job.eq(wr_jobs.r_data)
-        row = Signal(32)
+        # Writer: one result row per scratchpad word, INT32 or packed INT8. The command being
+        # written is a register (`job`, loaded from `wr_jobs` while empty), the write address
+        # one too (counting up from `c_addr`), and the end of a command is found from the
+        # output stage's `last` (the end of a tile) and a registered last-tile flag.
+        wr_valid = Signal()
+        wr_head = Signal(job_layout)
+        m.d.comb += wr_head.eq(wr_jobs.r_data)
+        wr_load = ~wr_valid & wr_jobs.r_rdy
+        wr_addr = Signal(self.addr_width)
         done_full = Signal()
-        last_row = row == job.rows - 1
+        written = Signal()
+        wr_tile_end = written & rq.o.payload.last
+        job, wr_last_tile = tile_counter(wr_load, wr_head, wr_tile_end, "wr")
         # Every write waits for a free `done` register (not only a command's last), so that the
-        # request's valid does not depend on the 32-bit row compare, which then only steers the
-        # updates after the grant. `done` is never held for long (the command processor always
-        # takes it), so this costs at most a cycle per command.
-        can_write = wr_jobs.r_rdy & ~job.error & (~done_full | self.done.ready)
+        # request's valid does not depend on the end-of-command logic, which then only steers
+        # the updates after the grant. `done` is never held for long (the command processor
+        # always takes it), so this costs at most a cycle per command.
+        can_write = wr_valid & ~job.error & (~done_full | self.done.ready)
         packed = Cat(rq.o.payload.data[c][:8] for c in range(C))
         m.d.comb += [
+            wr_jobs.r_en.eq(~wr_valid),
             self.c_wr.req.valid.eq(rq.o.valid & can_write),
             rq.o.ready.eq(self.c_wr.req.ready & can_write),
-            self.c_wr.req.payload.addr.eq(job.c_addr + row),
+            written.eq(self.c_wr.req.valid & self.c_wr.req.ready),
+            self.c_wr.req.payload.addr.eq(wr_addr),
             self.c_wr.req.payload.we.eq(1),
             self.c_wr.req.payload.wdata.eq(Mux(job.raw, rq.o.payload.data, packed)),
             self.c_wr.req.payload.wmask.eq(Mux(job.raw, (1 << (4 * C)) - 1, (1 << C) - 1)),
         ]
         finished = Signal()
-        with m.If(wr_jobs.r_rdy & job.error & ~done_full):
-            m.d.comb += finished.eq(1)
-        with m.If(self.c_wr.req.valid & self.c_wr.req.ready):
-            with m.If(last_row):
-                m.d.comb += finished.eq(1)
-                m.d.sync += row.eq(0)
-            with m.Else():
-                m.d.sync += row.eq(row + 1)
+        m.d.comb += finished.eq((wr_valid & job.error & ~done_full) |
+                                (wr_tile_end & wr_last_tile))
+        with m.If(wr_load):
+            m.d.sync += [wr_valid.eq(1), wr_addr.eq(wr_head.c_addr)]
+        with m.Elif(finished):
+            m.d.sync += wr_valid.eq(0)
+        with m.Elif(written):
+            m.d.sync += wr_addr.eq(wr_addr + 1)
 
         m.d.sync += unwritten.eq(unwritten + accept - finished)
 
         # Completion: a one-entry output register so `done` never waits on `ready`.
-        m.d.comb += [self.done.valid.eq(done_full), wr_jobs.r_en.eq(finished)]
+        m.d.comb += self.done.valid.eq(done_full)
         with m.If(self.done.ready):
             m.d.sync += done_full.eq(0)
         with m.If(finished):
@@ -412,7 +465,7 @@ class GemmEngine(wiring.Component):
 
         m.d.comb += [
             self.step.eq(array.a.valid & array.a.ready),
-            self.busy.eq(~ra.idle | ~rb.idle | ~rp.idle | ~rd.idle | wr_jobs.r_rdy | array.busy |
-                         rq.busy | done_full),
+            self.busy.eq(~ra.idle | ~rb.idle | ~rp.idle | ~rd.idle | wr_jobs.r_rdy | wr_valid |
+                         array.busy | rq.busy | done_full),
         ]
         return m

@@ -215,10 +215,14 @@ class PEArray(wiring.Component):
         out_free = ~skid_valid
 
         drain_take = Signal()
+        # `drain_last`: row R-1 is at the head of the drain (a register, not a compare).
+        drain_last = Signal()
+        drain_free = Signal()       # the drain is empty, or empties in this cycle
         arrive = Signal()
         m.d.comb += [
             drain_take.eq(drain_full & out_free),
-            drain_done.eq(drain_take & (drain_row == R - 1)),
+            drain_done.eq(drain_take & drain_last),
+            drain_free.eq(~drain_full | drain_done),
             arrive.eq(valid & last),
             self.busy.eq(Cat(*valids).any() | hold_full[0] | drain_full | out_valid | ~first
                          | (pending != 0)),
@@ -239,33 +243,38 @@ class PEArray(wiring.Component):
         # Drain: row 0 of the buffer moves to the output register; the rows shift up. When the
         # drain is (or is becoming) empty it takes the oldest held tile, else the arriving one;
         # an arriving tile that cannot go to the drain joins the tail of the hold queue.
+        # The flags follow these rules; the wide registers load whenever they are free (or
+        # being freed), whether or not a tile comes, so that their clock enables are one LUT on
+        # flip-flops (with `arrive` and the drain's row compare in front of them, the hold
+        # queue's enable was the GEMM engine's routed critical path, 72.5 MHz).
         with m.If(drain_take):
-            for r in range(R - 1):
-                m.d.sync += drain[r].eq(drain[r + 1])
-            with m.If(drain_row == R - 1):
-                m.d.sync += [drain_full.eq(0), drain_row.eq(0)]
+            with m.If(drain_last):
+                m.d.sync += [drain_full.eq(0), drain_row.eq(0), drain_last.eq(0)]
             with m.Else():
-                m.d.sync += drain_row.eq(drain_row + 1)
-        with m.If(~drain_full | drain_done):
-            with m.If(hold_full[0]):
-                m.d.sync += [drain.eq(hold[0]), drain_full.eq(1), drain_row.eq(0)]
+                m.d.sync += [drain_row.eq(drain_row + 1), drain_last.eq(drain_row == R - 2)]
+        with m.If(drain_free):
+            with m.If(hold_full[0] | arrive):
+                m.d.sync += [drain_full.eq(1), drain_row.eq(0), drain_last.eq(R == 1)]
+            with m.If(hold_full[0] & ~arrive):
                 with m.If(hold_full[1]):
-                    m.d.sync += hold[0].eq(hold[1])
-                    with m.If(arrive):
-                        m.d.sync += hold[1].eq(acc_next)
-                    with m.Else():
-                        m.d.sync += hold_full[1].eq(0)
-                with m.Elif(arrive):
-                    m.d.sync += hold[0].eq(acc_next)
+                    m.d.sync += hold_full[1].eq(0)
                 with m.Else():
                     m.d.sync += hold_full[0].eq(0)
-            with m.Elif(arrive):
-                m.d.sync += [drain.eq(acc_next), drain_full.eq(1), drain_row.eq(0)]
         with m.Elif(arrive):
             with m.If(~hold_full[0]):
-                m.d.sync += [hold[0].eq(acc_next), hold_full[0].eq(1)]
+                m.d.sync += hold_full[0].eq(1)
             with m.Else():
-                m.d.sync += [hold[1].eq(acc_next), hold_full[1].eq(1)]
+                m.d.sync += hold_full[1].eq(1)
+        with m.If(~drain_full | out_free):
+            with m.If(~drain_full | drain_last):
+                m.d.sync += drain.eq(Mux(hold_full[0], hold[0], acc_next))
+            with m.Else():
+                for r in range(R - 1):
+                    m.d.sync += drain[r].eq(drain[r + 1])
+        with m.If(~hold_full[0] | drain_free):
+            m.d.sync += hold[0].eq(Mux(hold_full[1], hold[1], acc_next))
+        with m.If(~hold_full[1] | drain_free):
+            m.d.sync += hold[1].eq(acc_next)
 
         # Skid buffer: ``out`` is presented on ``o``; a row taken from the drain while ``out`` is
         # held goes to ``skid``; the drain sends while ``skid`` is empty.
@@ -281,9 +290,9 @@ class PEArray(wiring.Component):
                              skid_valid.eq(0)]
             with m.Else():
                 m.d.sync += [out_valid.eq(drain_take), out_data.eq(drain[0]),
-                             out_last.eq(drain_row == R - 1)]
+                             out_last.eq(drain_last)]
         with m.Elif(drain_take):
             m.d.sync += [skid_valid.eq(1), skid_data.eq(drain[0]),
-                         skid_last.eq(drain_row == R - 1)]
+                         skid_last.eq(drain_last)]
 
         return m
