@@ -256,8 +256,10 @@ class _Front(wiring.Component):
         tag = Signal.like(q.tag)
         err = Signal(ERR_WIDTH)
 
+        # `desc_last`: the row presented is the descriptor's last (or the descriptor is
+        # rejected). A register, loaded with the next value as rows advance, so that `take`
+        # and `mv` (the clock enables of both descriptor stages) are one LUT from flip-flops.
         desc_last = Signal()
-        m.d.comb += desc_last.eq((left == 1) | (err != 0))
         m.d.comb += [
             rows.valid.eq(busy),
             rows.payload.dram.eq(da),
@@ -286,14 +288,15 @@ class _Front(wiring.Component):
             m.d.sync += q_valid.eq(0)
 
         with m.If(advance):
-            m.d.sync += [da.eq(da + ds), sa.eq(sa + ss), left.eq(left - 1)]
+            m.d.sync += [da.eq(da + ds), sa.eq(sa + ss), left.eq(left - 1),
+                         desc_last.eq(left == 2)]
             with m.If(desc_last):
                 m.d.sync += busy.eq(0)
         with m.If(take):
             m.d.sync += [
                 busy.eq(1), da.eq(r.dram_addr), sa.eq(r.sram_addr), n.eq(r.row_bytes),
                 left.eq(r.rows), ds.eq(r.dram_stride), ss.eq(r.sram_stride), tag.eq(r.tag),
-                err.eq(code),
+                err.eq(code), desc_last.eq((r.rows == 1) | (code != 0)),
             ]
         return m
 
