@@ -19,7 +19,8 @@ of word 1 is reserved. Words 2 to 7 are the engine's arguments, passed through u
 Dependencies work like MTIA's command processor and VTA's dependency-token queues. There are
 :data:`N_SEMS` counting semaphores. A queue issues its head command only when each of its wait
 semaphores is non-zero, and takes one count from each at that moment. When the engine reports
-completion, each of its signal semaphores gains one count. Two waits let a compute command wait
+completion, each of its signal semaphores gains one count (two cycles after the report; an error
+it carries is captured after one, and issue stops in between). Two waits let a compute command wait
 for its operands *and* for its output buffer to be stored, as VTA's compute waits on both load and
 store tokens. A semaphore gives at most one count per cycle, to the lowest-numbered queue ready to
 take it (head present, all its waits non-zero, issue register empty); semaphores are meant for
@@ -175,8 +176,8 @@ class CommandProcessor(wiring.Component):
         nq = len(self.opcodes)
         sems = self.sems
         halt = Signal()                     # `error != 0`, in its own flip-flop
-        # An engine reported an error in the previous cycle: it is captured one cycle later than
-        # the completion, so this flag stops issue in between, as the error itself would.
+        # An engine or the watchdog reported an error in the previous cycle: it is captured one
+        # cycle after the report, so this flag stops issue in between, as the error would.
         failing = Signal()
         fails = []
 
