@@ -102,6 +102,7 @@ from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from .axi import BURST_INCR, RESP_DECERR, RESP_SLVERR, axi4_signature
+from .skid import SkidBuffer
 from .sram import sram_port_signature
 
 __all__ = [
@@ -113,8 +114,9 @@ __all__ = [
 ERR_OK, ERR_SLVERR, ERR_DECERR, ERR_RANGE, ERR_MALFORMED, ERR_WINDOW = 0, 1, 2, 3, 4, 5
 ERR_WIDTH = 3
 ROWS_WIDTH = 16
-# Scratchpad words of read data the store path may have requested and not yet consumed.
-_STORE_READ_BUFFER = 4
+# Scratchpad words of read data the store path may have requested and not yet consumed: enough
+# to cover the request slice and the read latency at one word per cycle.
+_STORE_READ_BUFFER = 6
 _AXCACHE = 0b0011
 
 
@@ -745,7 +747,12 @@ class DMA(wiring.Component):
         ]
         done = m.submodules.load_done_fifo = SyncFIFOBuffered(width=self.done_layout.size,
                                                               depth=4)
-        o = realign.o
+        # The words wait in a register slice, so that the scratchpad's grant
+        # (`sram_wr.req.ready`) ends there and does not run back through the realigner into the
+        # R channel. A descriptor completes as its last word leaves the slice.
+        wslice = m.submodules.load_wr_slice = SkidBuffer(layout=realign.o.payload.shape())
+        wiring.connect(m, realign.o, wslice.i)
+        o = wslice.o
         write = o.payload.err == ERR_OK
         done_ok = ~o.payload.desc_last | done.w_rdy
         req = self.sram_wr.req
@@ -843,11 +850,15 @@ class DMA(wiring.Component):
         rissued = Signal.like(shead.count)
         pending = Signal(range(_STORE_READ_BUFFER + 1))
         rd = self.sram_rd
-        rd_fire = rd.req.valid & rd.req.ready
+        # The requests reach the scratchpad through a register slice (its grant ends there);
+        # `pending` counts them from the slice's input.
+        rq = m.submodules.store_rd_slice = SkidBuffer(layout=rd.req.payload.shape())
+        wiring.connect(m, rq.o, wiring.flipped(rd.req))
+        rd_fire = rq.i.valid & rq.i.ready
         m.d.comb += [
-            rd.req.valid.eq(sfifo.r_rdy & (pending + dfifo.level < _STORE_READ_BUFFER)),
-            rd.req.payload.addr.eq(shead.word + rissued),
-            rd.req.payload.we.eq(0),
+            rq.i.valid.eq(sfifo.r_rdy & (pending + dfifo.level < _STORE_READ_BUFFER)),
+            rq.i.payload.addr.eq(shead.word + rissued),
+            rq.i.payload.we.eq(0),
             sfifo.r_en.eq(rd_fire & (rissued == shead.count - 1)),
             dfifo.w_en.eq(rd.rsp.valid),
             dfifo.w_data.eq(rd.rsp.data),

@@ -158,6 +158,7 @@ from amaranth.lib.wiring import In, Out
 
 from .dma import DMA, _Realigner
 from .requant import Requant
+from .skid import SkidBuffer
 from .sram import Scratchpad, _or_tree, sram_port_signature
 
 __all__ = [
@@ -299,9 +300,11 @@ class _ListReader(wiring.Component):
     Reads run ahead of consumption by up to :attr:`DEPTH` words. ``req`` offers the next word
     address; the core takes it (``req.ready``) into its registered scratchpad request, and the
     word counts against :attr:`DEPTH` from then on. ``o`` gives one element per cycle (lane 0 of
-    each word first). With ``check``, ``o_bad`` flags an element outside ``[0, limit)``, compared
-    as the word arrives (``limit`` held stable while the list is read), so that no carry chain
-    sits between the FIFO and the consumer's decision.
+    each word first), from a register slice: the consumer's decision starts at flip-flops, its
+    multiplies and compares included. With ``check``, ``o.payload.bad`` flags an element outside
+    ``[0, limit)``, compared as the word arrives (``limit`` held stable while the list is read);
+    ``neg`` and ``zero`` flag a negative and a zero element, compared as the element enters the
+    slice. So no carry chain sits between the FIFO and the consumer's decision.
     """
 
     DEPTH = 4
@@ -314,9 +317,9 @@ class _ListReader(wiring.Component):
             "req": Out(stream.Signature(addr_width)),
             "rsp_valid": In(1),
             "rsp_data": In(8 * data_bytes),
-            "o": Out(stream.Signature(signed(elem_bits))),
+            "o": Out(stream.Signature(data.StructLayout({
+                "value": signed(elem_bits), "bad": 1, "neg": 1, "zero": 1}))),
             "limit": In(32),
-            "o_bad": Out(1),
         })
 
     def elaborate(self, platform):
@@ -346,15 +349,23 @@ class _ListReader(wiring.Component):
             self.req.payload.eq(addr),
             buf.w_en.eq(self.rsp_valid),
             buf.w_data.eq(Cat(self.rsp_data, bad_in)),
-            self.o.valid.eq(head_valid),
-            self.o.payload.eq(head.word_select(lane, E)),
-            self.o_bad.eq(head[8 * self.data_bytes:].bit_select(lane, 1) if flags else 0),
-            pop.eq(self.o.valid & self.o.ready & (lane == per - 1)),
             buf.r_en.eq(~head_valid | pop),
+        ]
+        # The element, selected from the head word, enters the output slice with its flags.
+        m.submodules.out = out = SkidBuffer(layout=self.o.payload.shape())
+        wiring.connect(m, out.o, wiring.flipped(self.o))
+        elem = head.word_select(lane, E).as_signed()
+        m.d.comb += [
+            out.i.valid.eq(head_valid),
+            out.i.payload.value.eq(elem),
+            out.i.payload.bad.eq(head[8 * self.data_bytes:].bit_select(lane, 1) if flags else 0),
+            out.i.payload.neg.eq(elem < 0),
+            out.i.payload.zero.eq(elem == 0),
+            pop.eq(out.i.valid & out.i.ready & (lane == per - 1)),
         ]
         with m.If(issued):
             m.d.sync += addr.eq(addr + 1)
-        with m.If(self.o.valid & self.o.ready):
+        with m.If(out.i.valid & out.i.ready):
             m.d.sync += lane.eq(Mux(lane == per - 1, 0, lane + 1))
         m.d.sync += credit.eq(credit + issued - pop)
         with m.If(self.start):
@@ -693,8 +704,9 @@ class _Core(wiring.Component):
         with m.If(g.valid & g.ready):
             m.d.sync += s2_valid.eq(0)
 
-        length = len_r.o.payload
-        index = idx_r.o.payload
+        length = len_r.o.payload.value
+        len_neg, len_zero = len_r.o.payload.neg, len_r.o.payload.zero
+        index = idx_r.o.payload.value
         last_row = pos == cur_last
         with m.If(self.start):
             m.d.sync += iss_run.eq(1)
@@ -707,12 +719,12 @@ class _Core(wiring.Component):
                 with m.Elif(len_r.o.valid):
                     open_piece = ((bag == 0) & job.cont_in) | \
                         ((bag == job.last_bag) & job.cont_out)
-                    with m.If((length < 0) | ((length == 0) & open_piece)):
+                    with m.If(len_neg | (len_zero & open_piece)):
                         m.d.comb += [meta_push.eq(1), meta_in.kind.eq(_M_ERROR),
                                      meta_in.code.eq(ERR_LENGTH)]
                         with m.If(meta.w_rdy):
                             m.d.sync += [iss_run.eq(0), iss_err_bag.eq(bag), iss_err_pos.eq(0)]
-                    with m.Elif(length == 0):
+                    with m.Elif(len_zero):
                         m.d.comb += [meta_push.eq(1), meta_in.kind.eq(_M_EMPTY)]
                         with m.If(meta.w_rdy):
                             m.d.comb += len_r.o.ready.eq(1)
@@ -722,7 +734,7 @@ class _Core(wiring.Component):
                         m.d.sync += [in_bag.eq(1), cur_last.eq((length - 1)[:32]), pos.eq(0)]
             with m.Else():
                 have = idx_r.o.valid & (~mode_w | wgt_r.o.valid)
-                bad = idx_r.o_bad
+                bad = idx_r.o.payload.bad
                 with m.If(have & bad):
                     m.d.comb += [meta_push.eq(1), meta_in.kind.eq(_M_ERROR),
                                  meta_in.code.eq(ERR_INDEX)]
@@ -732,7 +744,7 @@ class _Core(wiring.Component):
                     m.d.comb += [
                         meta_push.eq(1),
                         meta_in.kind.eq(_M_GATHER),
-                        meta_in.weight.eq(Mux(mode_w, wgt_r.o.payload, 1)),
+                        meta_in.weight.eq(Mux(mode_w, wgt_r.o.payload.value, 1)),
                         meta_in.first.eq((pos == 0) & ~(job.cont_in & (bag == 0))),
                         meta_in.last.eq(last_row & ~(job.cont_out
                                                      & (bag == job.last_bag))),
@@ -753,7 +765,7 @@ class _Core(wiring.Component):
                             # non-empty bag, so back-to-back bags issue a row every cycle.
                             # Anything else (the end, an empty bag, an error) takes the
                             # `~in_bag` path.
-                            with m.If(len_r.o.valid & (length > 0)
+                            with m.If(len_r.o.valid & ~len_neg & ~len_zero
                                       & (bag != job.last_bag)):
                                 m.d.comb += len_r.o.ready.eq(1)
                                 m.d.sync += [cur_last.eq((length - 1)[:32]), pos.eq(0)]
@@ -833,24 +845,29 @@ class _Core(wiring.Component):
         have_entry = head_valid & ~pool_halted
 
         # The next token is decided one cycle ahead into a request register (`sreq_*`): the
-        # scratchpad sees a registered valid and address (gated only by the DMA-bank clash), and
-        # its grant only advances the register and the pooler's state, never the decision. A
-        # token that reads nothing (empty bag, end, abort) leaves the register in the next cycle.
-        sreq_valid = Signal()
+        # scratchpad sees a registered valid and address (gated only by the DMA-bank clash). The
+        # request register is the output of a register slice, so the grant only advances the
+        # slice, and the decision waits only on the slice's registered `i.ready` (`adv`), never
+        # on the grant. A token that reads nothing (empty bag, end, abort) leaves the register
+        # in the next cycle.
+        sreq_q = m.submodules.slot_req = SkidBuffer(layout=data.StructLayout({
+            "tok": tok_layout, "rd": 1, "addr": AW}))
+        sreq_valid = sreq_q.o.valid
         sreq_rd = Signal()            # the token reads a slot word
-        sreq_tok = Signal(tok_layout)
-        sreq_addr = Signal(AW)
+        sreq_tok = sreq_q.o.payload.tok
+        sreq_addr = sreq_q.o.payload.addr
         bank_shift = p["bank_words"].bit_length() - 1
         clash = self.dma_wr.valid & ((self.dma_wr.addr >> bank_shift)
                                      == (sreq_addr >> bank_shift))
         m.d.comb += [
+            sreq_rd.eq(sreq_valid & sreq_q.o.payload.rd),
             self.slot_rd.req.valid.eq(sreq_rd & ~clash),
             self.slot_rd.req.payload.addr.eq(sreq_addr),
             self.slot_rd.req.payload.we.eq(0),
+            sreq_q.o.ready.eq(~sreq_rd | self.slot_rd.req.ready),
         ]
-        leave = sreq_valid & (~sreq_rd | self.slot_rd.req.ready)
-        adv = Signal()                # the register takes the next token (or none)
-        m.d.comb += adv.eq(~sreq_valid | leave)
+        leave = sreq_valid & sreq_q.o.ready
+        adv = sreq_q.i.ready          # the slice takes the next token (or none)
 
         tok = Signal(tok_layout)
         pushes = Signal()             # the token loaded this cycle will push a drain request
@@ -913,9 +930,12 @@ class _Core(wiring.Component):
                                      tok.code.eq(head.code), pushes.eq(1), head_pop.eq(1)]
                         m.d.sync += [pool_halted.eq(1), pool_err_bag.eq(iss_err_bag),
                                      pool_err_pos.eq(iss_err_pos)]
-        with m.If(adv):
-            m.d.sync += [sreq_valid.eq(tok.valid), sreq_rd.eq(issue_rd), sreq_tok.eq(tok),
-                         sreq_addr.eq(rd_addr)]
+        m.d.comb += [
+            sreq_q.i.valid.eq(tok.valid),
+            sreq_q.i.payload.tok.eq(tok),
+            sreq_q.i.payload.rd.eq(issue_rd),
+            sreq_q.i.payload.addr.eq(rd_addr),
+        ]
 
         # Buffer ownership: taken when a bag's first word is decided, given back by the drain.
         take = Signal(2)

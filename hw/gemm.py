@@ -53,6 +53,7 @@ from amaranth.lib.wiring import In, Out
 
 from .pe_array import PEArray
 from .requant import Requant
+from .skid import SkidBuffer
 from .sram import Scratchpad, sram_port_signature
 
 __all__ = ["GemmEngine", "ERR_MALFORMED"]
@@ -71,7 +72,7 @@ class _Reader(wiring.Component):
     its last read. ``idle``: no command held.
     """
 
-    # Credit for the read round trip: 2 cycles of scratchpad latency, 2 through the buffered FIFO,
+    # Credit for the read round trip: 3 cycles of scratchpad latency, 2 through the buffered FIFO,
     # 1 to return the credit; 8 leaves slack.
     DEPTH = 8
 
@@ -418,6 +419,11 @@ class GemmEngine(wiring.Component):
         # written is a register (`job`, loaded from `wr_jobs` while empty), the write address
         # one too (counting up from `c_addr`), and the end of a command is found from the
         # output stage's `last` (the end of a tile) and a registered last-tile flag.
+        # The output stage's words reach the writer through a register slice, so that the
+        # scratchpad's grant (`c_wr.req.ready`) ends there instead of stalling the output stage.
+        wq = m.submodules.wr_slice = SkidBuffer(layout=rq.o.payload.shape())
+        wiring.connect(m, rq.o, wq.i)
+        ro = wq.o
         wr_valid = Signal()
         wr_head = Signal(job_layout)
         m.d.comb += wr_head.eq(wr_jobs.r_data)
@@ -425,22 +431,22 @@ class GemmEngine(wiring.Component):
         wr_addr = Signal(self.addr_width)
         done_full = Signal()
         written = Signal()
-        wr_tile_end = written & rq.o.payload.last
+        wr_tile_end = written & ro.payload.last
         job, wr_last_tile = tile_counter(wr_load, wr_head, wr_tile_end, "wr")
         # Every write waits for a free `done` register (not only a command's last), so that the
         # request's valid does not depend on the end-of-command logic, which then only steers
         # the updates after the grant. `done` is never held for long (the command processor
         # always takes it), so this costs at most a cycle per command.
         can_write = wr_valid & ~job.error & (~done_full | self.done.ready)
-        packed = Cat(rq.o.payload.data[c][:8] for c in range(C))
+        packed = Cat(ro.payload.data[c][:8] for c in range(C))
         m.d.comb += [
             wr_jobs.r_en.eq(~wr_valid),
-            self.c_wr.req.valid.eq(rq.o.valid & can_write),
-            rq.o.ready.eq(self.c_wr.req.ready & can_write),
+            self.c_wr.req.valid.eq(ro.valid & can_write),
+            ro.ready.eq(self.c_wr.req.ready & can_write),
             written.eq(self.c_wr.req.valid & self.c_wr.req.ready),
             self.c_wr.req.payload.addr.eq(wr_addr),
             self.c_wr.req.payload.we.eq(1),
-            self.c_wr.req.payload.wdata.eq(Mux(job.raw, rq.o.payload.data, packed)),
+            self.c_wr.req.payload.wdata.eq(Mux(job.raw, ro.payload.data, packed)),
             self.c_wr.req.payload.wmask.eq(Mux(job.raw, (1 << (4 * C)) - 1, (1 << C) - 1)),
         ]
         finished = Signal()
@@ -466,6 +472,6 @@ class GemmEngine(wiring.Component):
         m.d.comb += [
             self.step.eq(array.a.valid & array.a.ready),
             self.busy.eq(~ra.idle | ~rb.idle | ~rp.idle | ~rd.idle | wr_jobs.r_rdy | wr_valid |
-                         array.busy | rq.busy | done_full),
+                         array.busy | rq.busy | wq.busy | done_full),
         ]
         return m

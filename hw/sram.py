@@ -23,13 +23,16 @@ Each bank does one access (a read or a byte-masked write) per cycle, like an FPG
 Clients that want the same bank in the same cycle are served round-robin: the bank's pointer moves
 past the client it granted, so every waiting client is served within ``ports`` cycles
 (starvation-free). A request is granted in the cycle it is presented (``req.ready`` is the grant).
+The granted request is registered, and the bank does the access in the next cycle: the grant
+logic and the block RAM's inputs are in different cycles (synth/README.md, "Issue 7"). Every
+access, read or write, is delayed alike, so accesses to a bank happen in grant order.
 
 Read latency
 ------------
-Exactly :data:`Scratchpad.READ_LATENCY` = 2 cycles: a read granted in cycle t has its data on the
-client's ``rsp`` in cycle t+2 (one cycle in the block RAM, one in the output register of the
-crossbar). Responses come back in request order and cannot be refused, so a client issues a read
-only when it can take the data.
+Exactly :data:`Scratchpad.READ_LATENCY` = 3 cycles: a read granted in cycle t has its data on the
+client's ``rsp`` in cycle t+3 (one cycle in the request register, one in the block RAM, one in the
+output register of the crossbar). Responses come back in request order and cannot be refused, so
+a client issues a read only when it can take the data.
 """
 
 from amaranth.hdl import Const, Module, Mux, Signal
@@ -100,7 +103,7 @@ class Scratchpad(wiring.Component):
         Client ports; lower indices have no priority over higher ones.
     """
 
-    READ_LATENCY = 2
+    READ_LATENCY = 3
 
     def __init__(self, *, banks, depth, data_bytes, ports):
         for name, value in (("banks", banks), ("depth", depth), ("data_bytes", data_bytes),
@@ -127,7 +130,7 @@ class Scratchpad(wiring.Component):
                 return 0
             return port.req.payload.addr[self.row_bits:self.row_bits + self.bank_bits]
 
-        # Response path registers: which port each bank's read (issued last cycle) belongs to.
+        # Response path registers: which port each bank's read (done last cycle) belongs to.
         pend_valid = [Signal(name=f"pend_valid_{b}") for b in range(B)]
         pend_port = [Signal(range(P), name=f"pend_port_{b}") for b in range(B)]
         rdata = []
@@ -164,20 +167,24 @@ class Scratchpad(wiring.Component):
                 m.d.comb += after.eq(~(grant | (grant - 1)))
                 m.d.sync += mask.eq(Mux(after.any(), after, (1 << P) - 1))
 
-            # The granted request drives the bank.
+            # The granted request is registered; the register drives the bank.
             sel = Signal.like(ports[0].req.payload, name=f"sel_{b}")
             m.d.comb += sel.eq(_or_tree([Mux(grant[i], port.req.payload.as_value(), 0)
                                          for i, port in enumerate(ports)]))
-            row = sel.addr[:self.row_bits] if self.row_bits else 0
+            acc_valid = Signal(name=f"acc_valid_{b}")
+            acc = Signal.like(ports[0].req.payload, name=f"acc_{b}")
+            acc_port = Signal(range(P), name=f"acc_port_{b}")
+            m.d.sync += [acc_valid.eq(grant.any()), acc.eq(sel), acc_port.eq(granted)]
+            row = acc.addr[:self.row_bits] if self.row_bits else 0
             m.d.comb += [
                 rd.addr.eq(row),
-                rd.en.eq(grant.any() & ~sel.we),
+                rd.en.eq(acc_valid & ~acc.we),
                 wr.addr.eq(row),
-                wr.data.eq(sel.wdata),
+                wr.data.eq(acc.wdata),
             ]
-            with m.If(grant.any() & sel.we):
-                m.d.comb += wr.en.eq(sel.wmask)
-            m.d.sync += [pend_valid[b].eq(grant.any() & ~sel.we), pend_port[b].eq(granted)]
+            with m.If(acc_valid & acc.we):
+                m.d.comb += wr.en.eq(acc.wmask)
+            m.d.sync += [pend_valid[b].eq(acc_valid & ~acc.we), pend_port[b].eq(acc_port)]
 
             for i, port in enumerate(ports):
                 grants[i].append(grant[i])
@@ -185,7 +192,7 @@ class Scratchpad(wiring.Component):
         for i, port in enumerate(ports):
             m.d.comb += port.req.ready.eq(_or_tree(grants[i]))
 
-        # Crossbar back to the ports, registered: data reach the client at t+2.
+        # Crossbar back to the ports, registered: data reach the client at t+3.
         for i, port in enumerate(ports):
             valid_next = Signal(name=f"rsp_valid_next_{i}")
             data_next = Signal(8 * self.data_bytes, name=f"rsp_data_next_{i}")

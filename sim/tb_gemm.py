@@ -18,7 +18,7 @@ from sim.golden_requant import ref_bias_add, ref_requant
 from sim.layout import gemm_tiles, pack_a, pack_b
 from sim.streams import StreamSink, StreamSource, random_seed
 
-READ_LATENCY = 2
+READ_LATENCY = 3
 
 
 

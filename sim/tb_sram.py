@@ -16,7 +16,7 @@ from cocotb.triggers import ClockCycles, RisingEdge
 from hw.config import EmberConfig
 from sim.streams import random_seed
 
-READ_LATENCY = 2
+READ_LATENCY = 3
 PORTS = 4
 
 

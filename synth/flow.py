@@ -345,7 +345,10 @@ def longest_path(netlist, top):
     """The register-to-register path with the largest estimated delay in a synthesised netlist,
     before placement: ``_CELL_DELAY`` per cell plus ``_NET_DELAY`` per net (none along a carry
     chain). It finds in a minute the path that nextpnr reports after an hour of place and route,
-    with cells named by their hierarchy. Returns ``{"estimate_ns", "start", "end", "cells"}``."""
+    with cells named by their hierarchy. Returns ``{"estimate_ns", "start", "end", "cells",
+    "by_block"}``; ``by_block`` maps each block that ends a path (the second part of the end
+    cell's name, as in ``dut.embag...``) to the estimate and the ends of its own worst path, so
+    that one run shows every block's standing, not only the worst one's."""
     mod = netlist["modules"][top]
     cells = mod["cells"]
     drivers, arrival, pred = {}, {}, {}
@@ -388,10 +391,18 @@ def longest_path(netlist, top):
             stack.pop()
         return arrival[bit]
 
+    def origin(b):
+        while pred.get(b):
+            b = pred[b][0]
+        return b
+
     worst = (0.0, None, None)
+    per_block = {}
     for name, c in cells.items():
         if c["type"] not in _SEQUENTIAL:
             continue
+        parts = name.split(".")
+        block = parts[1] if len(parts) > 2 else "(top)"
         for port, bits in c["connections"].items():
             if c.get("port_directions", {}).get(port) != "input" or "CLK" in port \
                     or port == "WCK":
@@ -401,6 +412,8 @@ def longest_path(netlist, top):
                     t = arrive(b) + _NET_DELAY
                     if t > worst[0]:
                         worst = (t, name, b)
+                    if t > per_block.get(block, (0.0,))[0]:
+                        per_block[block] = (t, name, b)
     if worst[1] is None:
         return None
     chain, b = [], worst[2]
@@ -408,8 +421,11 @@ def longest_path(netlist, top):
         b, cell = pred[b]
         chain.append(cell)
     start = drivers.get(b, (None,))[0]
+    by_block = {block: {"estimate_ns": round(t, 1),
+                        "start": drivers.get(origin(bit), (None,))[0], "end": end}
+                for block, (t, end, bit) in sorted(per_block.items(), key=lambda kv: -kv[1][0])}
     return {"estimate_ns": round(worst[0], 1), "start": start, "end": worst[1],
-            "cells": [f"{cells[c]['type']} {c}" for c in reversed(chain)]}
+            "cells": [f"{cells[c]['type']} {c}" for c in reversed(chain)], "by_block": by_block}
 
 
 def parse_nextpnr_report(report):
@@ -664,14 +680,16 @@ def _block_factories():
     and ``hw/top.py``'s ``BLOCKS``, built exactly as the top builds them (a timing study, not
     something ``make verilog`` writes). ``top`` and ``pe_array`` come from
     ``python -m sim verilog``."""
+    from hw.cpu import ControlCore
     from hw.requant import Requant
     from hw.top import BLOCKS
-    return {"requant": lambda cfg: Requant(cols=cfg.pe_cols), **BLOCKS}
+    return {"requant": lambda cfg: Requant(cols=cfg.pe_cols), "cpu": lambda cfg: ControlCore(),
+            **BLOCKS}
 
 
 #: ``--part`` choices: the whole top, the PE array (both as ``make verilog`` writes them), and
-#: blocks alone.
-PARTS = ("top", "pe_array", "requant", "cmdproc", "dma", "gemm", "embag", "sram")
+#: blocks alone (``cpu``: the control core, VexRiscv with its IMEM and DMEM, as the top has it).
+PARTS = ("top", "pe_array", "requant", "cmdproc", "dma", "gemm", "embag", "sram", "cpu")
 
 
 def run(cfg, *, part="top", freq=100, seed=1, pe_macs="auto", lut_mapper="abc", route=True,
@@ -695,8 +713,13 @@ def run(cfg, *, part="top", freq=100, seed=1, pe_macs="auto", lut_mapper="abc", 
         from sim.runner import generate_verilog, write_if_changed
         top, third_party = f"{cfg.top_name}_{part}", []
         vpath = out_dir / f"{top}.v"
+        component = _block_factories()[part](cfg)
+        if part == "cpu":
+            # The core's own Verilog goes beside the generated file, as `make verilog` does.
+            third_party = [Path(component.source)]
+            write_if_changed(out_dir / third_party[0].name, third_party[0].read_text())
         if not skip_verilog:
-            write_if_changed(vpath, generate_verilog(_block_factories()[part](cfg), top))
+            write_if_changed(vpath, generate_verilog(component, top))
     else:
         top, _, third_party = _part(cfg, part)
         vpath = verilog_path(cfg, part, out_dir)

@@ -138,6 +138,7 @@ def test_flow_end_to_end(tmp_path):
     assert any(line.startswith("[nextpnr] done in") for line in lines)
     path = json.loads((tmp_path / "work" / "logic_path.json").read_text())
     assert path["estimate_ns"] > 0 and path["end"] and path["cells"]
+    assert max(b["estimate_ns"] for b in path["by_block"].values()) == path["estimate_ns"]
     blocks = json.loads((tmp_path / "work" / "blocks.json").read_text())
     assert sum(v["bram"] for k, v in blocks.items() if k.startswith("sram")) == 2
     assert sum(v["lut4"] for k, v in blocks.items() if k.startswith("array")) > 50
