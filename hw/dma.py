@@ -69,8 +69,8 @@ Row FIFOs
     (a row waits there from before its first AR until its last R beat); the store realigner's
     holds 10, enough for one-beat rows to flow at one per cycle.
 Scratchpad reader (stores)
-    Reads each row's scratchpad words, only while the 4-word read buffer has room for every
-    read in flight (responses cannot be refused).
+    Reads each row's scratchpad words through a register slice, only while the 6-word read
+    buffer has room for every read in flight (responses cannot be refused).
 Burst splitter
     Splits each row's DRAM beats into INCR bursts of full-size beats (``AxSIZE = k``) that stop at
     ``max_burst`` beats and at every 4 KB boundary, and issues them on AR/AW while fewer than
