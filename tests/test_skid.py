@@ -16,13 +16,12 @@ def _run(dut, cycles, *, p_valid, p_ready, rng):
     """Drive random valid/ready for ``cycles`` cycles; return (sent, received, trace) where the
     trace holds ``(i_valid, i_ready, o_valid, o_ready, o_payload)`` per cycle."""
     sent, got, trace = [], [], []
-    counter = [0]
 
     async def bench(ctx):
-        pending = None
+        pending, serial = None, 0
         for _ in range(cycles):
             if pending is None and rng.random() < p_valid:
-                pending = counter[0] = (counter[0] * 1103515245 + 12345) % (1 << 16)
+                pending, serial = serial, (serial + 1) % (1 << 16)   # distinct payloads
             ctx.set(dut.i.valid, pending is not None)
             ctx.set(dut.i.payload, pending or 0)
             o_ready = rng.random() < p_ready
