@@ -251,10 +251,10 @@ Info: \t          TRELLIS_FF:   33127/  83640    39%
 Info: \t        TRELLIS_COMB:   50457/  83640    60%
 Info: Max frequency for clock '$glbnet$clk$TRELLIS_IO_IN': 37.49 MHz (FAIL at 100.00 MHz)
 """
-    pnr = flow.parse_nextpnr_log(log, 100)
+    pnr = flow.parse_nextpnr_log(log)
     assert pnr["utilization"]["TRELLIS_COMB"] == {"used": 50457, "available": 83640}
     assert pnr["utilization"]["DP16KD"]["used"] == 125 and "Total" not in str(pnr)
-    assert pnr["fmax"] == {"$glbnet$clk$TRELLIS_IO_IN": {"achieved": 37.49, "constraint": 100}}
+    assert pnr["fmax"] == {"$glbnet$clk$TRELLIS_IO_IN": {"achieved": 37.49, "constraint": 100.0}}
     # A report of a stopped run: not routed, the estimate and the reason in the summary.
     pnr.update(routed=False, routing={
         "converged": False, "stopped": "router2 stalled: 8,100 wires still overused",
@@ -328,3 +328,32 @@ def test_nextpnr_args():
     assert "abc -dress -lut 4\n" in flow.yosys_script(
         ["a.v"], "h.v", "x", json_out="s.json", stat_out="st.json", pe_macs="dsp",
         pe_module="x", lut_mapper="abc4")
+
+
+def test_second_clock_passes_through_the_harness():
+    """A ``cpu_clk`` input (EmberConfig.cpu_async) gets a pin and a constraint of its own, is
+    not fed from the shift register, and its Fmax is reported and checked next to ``clk``'s."""
+    ports = flow.parse_ports(MINI.replace("module mini(input clk,", "module mini(input clk, "
+                                          "input cpu_clk,"), "mini")
+    assert flow.harness_clocks(ports) == ["clk", "cpu_clk"]
+    text, cost = flow.harness_verilog("mini", ports)
+    assert "module mini_synth(input clk, input cpu_clk, input rst_pin," in text
+    assert ".cpu_clk(cpu_clk)" in text and cost["clocks"] == ["clk", "cpu_clk"]
+    assert cost["input_bits"] == 1 + 8 + 64 + 8 + 8 + 16 + 16       # as without cpu_clk
+    lpf = flow.harness_lpf(100, {"cpu_clk": 50})
+    assert 'FREQUENCY PORT "clk" 100 MHZ;' in lpf and 'FREQUENCY PORT "cpu_clk" 50 MHZ;' in lpf
+    log = ("Info: Max frequency for clock '$glbnet$cpu_clk$TRELLIS_IO_IN': 61.20 MHz "
+           "(PASS at 50.00 MHz)\n"
+           "Info: Max frequency for clock '$glbnet$clk$TRELLIS_IO_IN': 101.50 MHz "
+           "(PASS at 100.00 MHz)\n")
+    pnr = flow.parse_nextpnr_log(log)
+    assert flow.system_clock(pnr["fmax"]) == "$glbnet$clk$TRELLIS_IO_IN"
+    harness = {"input_bits": 1, "output_bits": 1, "ff": 4, "lut4_max": 1}
+    common = dict(pe_macs="dsp", harness=harness, stat_cells={}, memories={}, wall={}, freq=100,
+                  seed=1, versions=flow.tool_versions(run_tools=False))
+    result = flow.summarise(get_preset("small"), pnr=pnr, **common)
+    assert result["fmax_mhz"] == 101.5 and result["meets_target"]
+    assert result["clocks"]["cpu_clk"] == {"fmax_mhz": 61.2, "target_mhz": 50.0}
+    assert "Fmax (cpu_clk): 61.2 MHz, target 50.0 MHz" in flow.summary_text(result, "r.json")
+    slow = flow.parse_nextpnr_log(log.replace("61.20 MHz (PASS", "41.20 MHz (FAIL"))
+    assert not flow.summarise(get_preset("small"), pnr=slow, **common)["meets_target"]
