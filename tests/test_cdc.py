@@ -179,38 +179,64 @@ def test_bridge_initiator_reset_mid_access(cpu):
     assert sum(1 for a in after if isinstance(a, tuple)) > 10
 
 
-def test_bridge_latency():
-    """One access with an immediate target: the answer's latency in cpu cycles stays small
-    (documented in hw/cdc.py: latch, 2-3 sync cycles to synchronise the request, the target's
-    cycle, 2-3 cpu cycles back)."""
+@pytest.mark.parametrize("cpu", CPU_PERIODS)
+def test_bridge_latency(cpu):
+    """Single accesses with an immediate target. Each crossing goes through two synchroniser
+    stages: the target sees the request only after the second sync edge following the cpu edge
+    that took it, and the initiator samples its answer no sooner than the third cpu edge after
+    the sync edge at which the target answered (two stages, then the answer cycle). The whole
+    access stays within the latency documented in hw/cdc.py."""
     dut = WishboneCDC(addr_width=8)
     i, t = dut.i, dut.t
-    got = []
+    log = []                     # "cpu"/"sync" per clock edge, in time order
+    taken, seen, acked, answered, cycles = [], [], [], [], []
 
     async def initiator(ctx):
-        for _ in range(4):
-            await ctx.tick("cpu")
-        ctx.set(i.cyc, 1)
-        ctx.set(i.stb, 1)
-        ctx.set(i.adr, 5)
-        for cycles in range(1, 50):
-            ack = ctx.get(i.ack)
-            await ctx.tick("cpu")
-            if ack:
-                got.append(cycles)
-                break
-        ctx.set(i.cyc, 0)
+        for n in range(20):
+            for _ in range(n % 3 + 1):
+                await ctx.tick("cpu")
+                log.append("cpu")
+            ctx.set(i.cyc, 1)
+            ctx.set(i.stb, 1)
+            ctx.set(i.adr, n)
+            for count in range(1, 50):
+                ack, busy = ctx.get(i.ack), ctx.get(dut.busy)
+                await ctx.tick("cpu")
+                log.append("cpu")
+                if len(taken) == n and not busy:
+                    taken.append(len(log) - 1)          # the cpu edge that took it
+                if ack:
+                    answered.append(len(log) - 1)       # the cpu edge that sampled the answer
+                    cycles.append(count)
+                    break
+            ctx.set(i.cyc, 0)
 
     async def target(ctx):
+        acking = False
         while True:
             await ctx.tick("sync")
-            ctx.set(t.ack, ctx.get(t.cyc) and not ctx.get(t.ack))
+            log.append("sync")
+            if acking:
+                acked.append(len(log) - 1)              # the sync edge that sampled our ack
+                ctx.set(t.ack, 0)
+                acking = False
+            elif ctx.get(t.cyc):
+                seen.append(len(log) - 1)
+                ctx.set(t.ack, 1)
+                acking = True
 
-    sim = _simulator(dut, 1.3e-8)
+    sim = _simulator(dut, CPU_PERIODS[cpu])
     sim.add_testbench(initiator)
     sim.add_testbench(target, background=True)
     sim.run()
-    assert got and 4 <= got[0] <= 8, got
+    print(cpu, "cpu cycles per access:", cycles)
+    assert len(cycles) == len(taken) == len(seen) == 20
+    for n in range(20):
+        syncs = log[taken[n] + 1:seen[n] + 1].count("sync")
+        assert syncs >= 2, f"access {n}: the target saw it {syncs} sync edge(s) after it was taken"
+        cpus = log[acked[n] + 1:answered[n] + 1].count("cpu")
+        assert cpus >= 3, f"access {n}: answered {cpus} cpu edge(s) after the target's ack"
+        assert 3 <= cycles[n] <= {"cpu7": 12, "cpu13": 8, "cpu37": 6}[cpu], cycles
 
 
 # ---------------------------------------------------------------------------------------------
