@@ -136,6 +136,7 @@ def test_flow_end_to_end(tmp_path):
         "mini", [src], tmp_path / "work", pe_macs="lut", pe_module="mini_pe", heartbeat=5,
         echo=lines.append)
     assert any(line.startswith("[nextpnr] done in") for line in lines)
+    assert pnr["routed"] and pnr["routing"]["converged"] and not pnr["routing"]["stopped"]
     path = json.loads((tmp_path / "work" / "logic_path.json").read_text())
     assert path["estimate_ns"] > 0 and path["end"] and path["cells"]
     assert max(b["estimate_ns"] for b in path["by_block"].values()) == path["estimate_ns"]
@@ -216,3 +217,143 @@ def test_block_parts_elaborate():
     for part, factory in blocks.items():
         top = f"{cfg.top_name}_{part}"
         assert f"module {top}(" in generate_verilog(factory(cfg), top), part
+
+
+def test_route_stall():
+    """router2 is stopped only after ROUTE_PATIENCE iterations without a 1% better low."""
+    falling = [(i + 1, int(80000 * 0.8 ** i)) for i in range(20)]
+    assert flow.route_stall(falling) is None
+    # The tiny run of synth/README.md: a low of 7,958 at iteration 10, then no progress.
+    tiny = [47968, 30807, 21108, 15391, 12307, 10422, 9197, 8895, 8347, 7958, 7960, 8044, 8165,
+            8402, 8401, 8100]
+    its = list(enumerate(tiny, 1))
+    assert flow.route_stall(its[:15]) is None               # 5 iterations without progress
+    reason = flow.route_stall(its)                          # 6
+    assert "8,100 wires still overused after 16 iterations" in reason and "7,958" in reason
+    # Creeping down by less than 1% per iteration is not progress; a real drop resets it.
+    creep = [(i + 1, 10000 - 20 * i) for i in range(8)]
+    assert flow.route_stall(creep) is not None
+    assert flow.route_stall(creep[:6] + [(7, 9000), (8, 8990)]) is None
+    assert flow.route_stall(its, patience=0) is None and flow.route_stall([]) is None
+    log = "Info:     iter=1 wires=693585 overused=51708 overuse=62842 archfail=NA\n" \
+          "Info:     iter=2 wires=714090 overused=34741 overuse=38515 archfail=NA\n"
+    assert flow.route_iterations(log) == [(1, 51708), (2, 34741)]
+
+
+def test_parse_nextpnr_log():
+    log = """Info: Logic utilisation before packing:
+Info:     Total LUT4s:     49957/83640    59%
+Info: Device utilisation:
+Info: \t          TRELLIS_IO:       5/    365     1%
+Info: \t              DP16KD:     125/    208    60%
+Info: \t          MULT18X18D:     128/    156    82%
+Info: \t          TRELLIS_FF:   33127/  83640    39%
+Info: \t        TRELLIS_COMB:   50457/  83640    60%
+Info: Max frequency for clock '$glbnet$clk$TRELLIS_IO_IN': 37.49 MHz (FAIL at 100.00 MHz)
+"""
+    pnr = flow.parse_nextpnr_log(log)
+    assert pnr["utilization"]["TRELLIS_COMB"] == {"used": 50457, "available": 83640}
+    assert pnr["utilization"]["DP16KD"]["used"] == 125 and "Total" not in str(pnr)
+    assert pnr["fmax"] == {"$glbnet$clk$TRELLIS_IO_IN": {"achieved": 37.49, "constraint": 100.0}}
+    # A report of a stopped run: not routed, the estimate and the reason in the summary.
+    pnr.update(routed=False, routing={
+        "converged": False, "stopped": "router2 stalled: 8,100 wires still overused",
+        "iterations": 16, "overused_by_iteration": [1, 2],
+        "congestion": {"nets": [{"net": "rst_q[1]", "overused": 193}],
+                       "half_of_overuse_in": {"x": [36, 67], "y": [2, 14],
+                                              "grid_xy": [128, 97]}}})
+    harness = {"input_bits": 1, "output_bits": 1, "ff": 4, "lut4_max": 1}
+    result = flow.summarise(get_preset("small"), pe_macs="dsp", harness=harness,
+                            stat_cells={}, memories={}, pnr=pnr, wall={}, freq=100, seed=1,
+                            versions=flow.tool_versions(run_tools=False))
+    assert not result["placed_and_routed"] and not result["meets_target"]
+    assert result["fmax_kind"] == "placement estimate" and result["fmax_mhz"] == 37.49
+    assert result["resources"]["lut4"] == 50457 and result["routing"]["iterations"] == 16
+    text = flow.summary_text(result, "r.json")
+    assert "NOT ROUTED: router2 stalled" in text and "rst_q[1] (193)" in text
+    assert "X 36-67, Y 2-14" in text
+
+
+def test_congestion_summary(tmp_path):
+    """The last iteration's heatmap: overuse by wire type (bound >= 2), worst nets, hot tiles."""
+    for it, scale in ((1, 10), (2, 1)):
+        (tmp_path / f"h_congestion_by_wiretype_{it}.csv").write_text(
+            "type,bound=0,bound=1,bound=2,bound=3,\n"
+            f"WIRE_TYPE_H02,100,50,{4 * scale},{scale},\nWIRE_TYPE_SLICE,9,9,0,0,\n")
+        (tmp_path / f"h_congestion_by_net_{it}.csv").write_text(
+            f"a,{3 * scale}\nb,{7 * scale}\nc,1\n")
+        # Outer lines are tile columns X (4), values tile rows Y (3).
+        (tmp_path / f"h_congestion_by_coordinate_{it}.csv").write_text(
+            "0,0,0,\n0,5,0,\n0,6,1,\n0,0,0,\n")
+    c = flow.congestion_summary(tmp_path, top_nets=2)
+    assert c["iteration"] == 2
+    assert c["overused_by_wire_type"] == {"H02": 5}
+    assert c["nets"] == [{"net": "b", "overused": 7}, {"net": "a", "overused": 3}]
+    assert c["half_of_overuse_in"] == {"x": [2, 2], "y": [1, 1], "grid_xy": [4, 3]}
+    assert flow.congestion_summary(tmp_path / "none") == {}
+
+
+def test_run_step_stop(tmp_path):
+    """A ``stop`` reason ends the command (no orphan) and raises Stopped with it."""
+    import subprocess
+    import sys
+    import time
+    calls = []
+
+    def stop():
+        calls.append(time.monotonic())
+        return "enough" if len(calls) >= 2 else None
+
+    t0 = time.monotonic()
+    with pytest.raises(flow.Stopped, match="enough") as info:
+        flow.run_step("sleep", [sys.executable, "-c", "import time; time.sleep(120)"],
+                      tmp_path / "log", heartbeat=0, echo=lambda line: None, stop=stop)
+    assert time.monotonic() - t0 < 30 and info.value.elapsed < 30
+    left = subprocess.run(["pgrep", "-f", "time.sleep\\(120\\)"], capture_output=True, text=True)
+    assert left.stdout.strip() == ""
+
+
+def test_nextpnr_args():
+    args = flow.nextpnr_args(json_in="s.json", lpf="h.lpf", report="r.json", freq_mhz=100,
+                             seed=3, heatmap="heatmap/h", placer="static")
+    assert args[args.index("--placer") + 1] == "static"
+    assert args[args.index("--router") + 1] == "router2" and "--seed" in args
+    assert args[args.index("--router2-heatmap") + 1] == "heatmap/h"
+    placed = flow.nextpnr_args(json_in="s.json", lpf="h.lpf", report="r.json", freq_mhz=100,
+                               seed=1, route=False, heatmap="heatmap/h")
+    assert "--no-route" in placed and "--router2-heatmap" not in placed
+    assert placed[placed.index("--placer") + 1] == "heap"
+    with pytest.raises(ValueError, match="placer"):
+        flow.nextpnr_args(json_in="s", lpf="h", report="r", freq_mhz=1, seed=1, placer="sa")
+    assert "abc -dress -lut 4\n" in flow.yosys_script(
+        ["a.v"], "h.v", "x", json_out="s.json", stat_out="st.json", pe_macs="dsp",
+        pe_module="x", lut_mapper="abc4")
+
+
+def test_second_clock_passes_through_the_harness():
+    """A ``cpu_clk`` input (EmberConfig.cpu_async) gets a pin and a constraint of its own, is
+    not fed from the shift register, and its Fmax is reported and checked next to ``clk``'s."""
+    ports = flow.parse_ports(MINI.replace("module mini(input clk,", "module mini(input clk, "
+                                          "input cpu_clk,"), "mini")
+    assert flow.harness_clocks(ports) == ["clk", "cpu_clk"]
+    text, cost = flow.harness_verilog("mini", ports)
+    assert "module mini_synth(input clk, input cpu_clk, input rst_pin," in text
+    assert ".cpu_clk(cpu_clk)" in text and cost["clocks"] == ["clk", "cpu_clk"]
+    assert cost["input_bits"] == 1 + 8 + 64 + 8 + 8 + 16 + 16       # as without cpu_clk
+    lpf = flow.harness_lpf(100, {"cpu_clk": 50})
+    assert 'FREQUENCY PORT "clk" 100 MHZ;' in lpf and 'FREQUENCY PORT "cpu_clk" 50 MHZ;' in lpf
+    log = ("Info: Max frequency for clock '$glbnet$cpu_clk$TRELLIS_IO_IN': 61.20 MHz "
+           "(PASS at 50.00 MHz)\n"
+           "Info: Max frequency for clock '$glbnet$clk$TRELLIS_IO_IN': 101.50 MHz "
+           "(PASS at 100.00 MHz)\n")
+    pnr = flow.parse_nextpnr_log(log)
+    assert flow.system_clock(pnr["fmax"]) == "$glbnet$clk$TRELLIS_IO_IN"
+    harness = {"input_bits": 1, "output_bits": 1, "ff": 4, "lut4_max": 1}
+    common = dict(pe_macs="dsp", harness=harness, stat_cells={}, memories={}, wall={}, freq=100,
+                  seed=1, versions=flow.tool_versions(run_tools=False))
+    result = flow.summarise(get_preset("small"), pnr=pnr, **common)
+    assert result["fmax_mhz"] == 101.5 and result["meets_target"]
+    assert result["clocks"]["cpu_clk"] == {"fmax_mhz": 61.2, "target_mhz": 50.0}
+    assert "Fmax (cpu_clk): 61.2 MHz, target 50.0 MHz" in flow.summary_text(result, "r.json")
+    slow = flow.parse_nextpnr_log(log.replace("61.20 MHz (PASS", "41.20 MHz (FAIL"))
+    assert not flow.summarise(get_preset("small"), pnr=slow, **common)["meets_target"]
