@@ -68,6 +68,11 @@ class EmberConfig:
         commands per cycle (Little's law).
     simulate : bool
         Whether the preset may be simulated. ``mtia`` is elaboration-only.
+    cpu_async : bool
+        Whether the control core runs on a clock of its own: the top-level input ``cpu_clk``
+        drives its domain ``cpu``, and its MMIO port, the host's firmware writes, ``cpu_reset``
+        and its interrupt cross between ``cpu`` and ``sync`` (``hw/cdc.py``,
+        ``hw/host_cdc.py``). When False the core shares ``clk`` and there is no crossing.
 
     Members
     -------
@@ -92,6 +97,7 @@ class EmberConfig:
     dma_max_burst: int = 256
     cmd_inflight: int = 4
     simulate: bool = True
+    cpu_async: bool = False
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.isidentifier() \
@@ -112,6 +118,8 @@ class EmberConfig:
         _check_int("cmd_inflight", self.cmd_inflight, minimum=1, maximum=64)
         if not isinstance(self.simulate, bool):
             raise TypeError(f"simulate must be a bool, not {self.simulate!r}")
+        if not isinstance(self.cpu_async, bool):
+            raise TypeError(f"cpu_async must be a bool, not {self.cpu_async!r}")
 
     @property
     def macs_per_cycle(self):
@@ -149,14 +157,16 @@ PRESETS = {
     # 64-bit AXI, 8 banks × 256 words × 8 B = 16 KB of scratchpad.
     "tiny": EmberConfig(name="tiny", pe_rows=2, pe_cols=2, pe_lanes=4,
                         bus_bytes=8, sram_banks=8, sram_depth=256,
-                        axi_id_width=4, dma_outstanding=8, dma_max_burst=256),
+                        axi_id_width=4, dma_outstanding=8, dma_max_burst=256,
+                        cpu_async=True),
     # Sized for a Lattice ECP5-85F (ULX3S) with everything else on board, for 100 MHz
     # (`make synth CONFIG=small`, synth/README.md): 4×4 PEs of 4 lanes, 64 MACs/cycle, each in
     # one of the 85F's MULT18X18D blocks (the most a 16-byte word feeds: R·L, C·L and 4·C bytes).
     # 128-bit AXI, 8 banks × 1024 words × 16 B = 128 KB of scratchpad in block RAM.
     "small": EmberConfig(name="small", pe_rows=4, pe_cols=4, pe_lanes=4,
                          bus_bytes=16, sram_banks=8, sram_depth=1024,
-                         axi_id_width=4, dma_outstanding=16, dma_max_burst=256),
+                         axi_id_width=4, dma_outstanding=16, dma_max_burst=256,
+                         cpu_async=True),
     # MTIA's 8×8 PE grid, 8 lanes per PE: 512 MACs/cycle.
     # 512-bit AXI, 16 banks × 256 words × 64 B = 256 KB: four slots per GEMM operand
     # (sim/host.py), so that the loads of a weight-streaming GEMM run up to three jobs ahead of

@@ -31,6 +31,13 @@ class Registers(wiring.Component):
         Reported in ``HW_PE``/``HW_MEM``.
     imem_words : int
         Size of the control core's IMEM in 32-bit words (the host's IMEM window).
+    fw_addr_width : int
+        Width of ``fw.adr`` (the control core's MMIO window, default 26).
+    imem_backpressure : bool
+        Add the input ``imem_write_rdy``: a host write to the IMEM window is then acknowledged
+        two cycles after ``imem_write_rdy`` was high with it (``imem_write.en`` stays up,
+        with the same fields, until then). For a write port that crosses into another clock
+        domain (``hw/host_cdc.py``). Default False: every write is taken at once.
 
     Members
     -------
@@ -48,6 +55,8 @@ class Registers(wiring.Component):
         ``CTRL.CPU_RESET``.
     imem_write : Out(host_write_signature(30))
         Host writes into the IMEM window, in the core's word address space.
+    imem_write_rdy : In(1)
+        Only with ``imem_backpressure``: the write port takes the write offered in this cycle.
     cp_* : In
         Command-processor status: semaphores, counters, error.
     perf_* : In(1)
@@ -64,11 +73,14 @@ class Registers(wiring.Component):
         ``|(IRQ_STATUS & IRQ_ENABLE)``.
     """
 
-    def __init__(self, *, config, imem_words, fw_addr_width=26):
+    def __init__(self, *, config, imem_words, fw_addr_width=26, imem_backpressure=False):
+        if not isinstance(imem_backpressure, bool):
+            raise TypeError(f"imem_backpressure must be a bool, not {imem_backpressure!r}")
         self.config = config
         self.imem_words = imem_words
+        self.imem_backpressure = imem_backpressure
         nq = regmap.N_QUEUES
-        super().__init__({
+        members = {
             "host": In(wishbone.Signature(addr_width=regmap.HOST_ADDR_WIDTH - 2)),
             "fw": In(wishbone.Signature(addr_width=fw_addr_width)),
             "push": Out(stream.Signature(cmd_layout)),
@@ -97,7 +109,10 @@ class Registers(wiring.Component):
             "dram_wr_base": Out(32),
             "dram_wr_limit": Out(32, init=0xFFFF_FFFF),
             "irq": Out(1),
-        })
+        }
+        if imem_backpressure:
+            members["imem_write_rdy"] = In(1)
+        super().__init__(members)
 
     def elaborate(self, platform):
         m = Module()
@@ -180,6 +195,11 @@ class Registers(wiring.Component):
             hit = Signal(name=f"{side}_hit")
             push = Signal(name=f"{side}_push")
             pushes.append((push, stage))
+            # A host write to the IMEM window that the write port cannot take yet is not
+            # acknowledged: the request stays, and is offered again next cycle.
+            stall = None
+            if side == "host" and self.imem_backpressure:
+                stall = Signal(name="imem_stall")
 
             with m.Switch(offset):
                 for reg in regmap.REGS:
@@ -207,6 +227,8 @@ class Registers(wiring.Component):
                                 self.imem_write.data.eq(bus.dat_w),
                                 self.imem_write.sel.eq(bus.sel),
                             ]
+                            if stall is not None:
+                                m.d.comb += stall.eq(~self.imem_write_rdy)
             # Reads, first level: each group of eight words into a register.
             groups = {}
             for reg in regmap.REGS:
@@ -227,7 +249,9 @@ class Registers(wiring.Component):
             group = Signal(4, name=f"{side}_group")
             in_regs = Signal(name=f"{side}_in_regs")    # not the IMEM window (reads 0)
             hit_q = Signal(name=f"{side}_hit_q")
-            m.d.sync += [busy.eq(request), hit_q.eq(hit), group.eq(offset[5:9]),
+            # A stalled IMEM write is not taken: it is offered again in the next cycle.
+            taken = request if stall is None else request & ~stall
+            m.d.sync += [busy.eq(taken), hit_q.eq(hit), group.eq(offset[5:9]),
                          in_regs.eq(offset[9:] == 0)]
             # Second level: the group, with the answer.
             with m.If(in_regs):

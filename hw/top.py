@@ -10,6 +10,20 @@ Ports
     The DMA's AXI4 manager port to DRAM.
 ``irq``
     ``|(IRQ_STATUS & IRQ_ENABLE)``.
+``cpu_clk``
+    Only with ``EmberConfig.cpu_async``: the control core's clock (domain ``cpu``). The ``cpu``
+    domain's reset is the ``sync`` reset through a ``ResetSynchronizer`` (asserted at once,
+    released on ``cpu_clk``).
+
+Clock domains
+-------------
+Everything runs in ``sync`` (``clk``/``rst``), except, with ``cpu_async``, the control core,
+which runs in ``cpu``. Its crossings: the MMIO port through ``WishboneCDC`` (``hw/cdc.py``,
+a toggle handshake; the registers see one classic cycle per access); the host's IMEM/DMEM
+writes and ``CTRL.CPU_RESET`` through ``HostCDC`` (``hw/host_cdc.py``: an ``AsyncFIFO`` whose
+room holds back the host's Wishbone ``ack``, and a synchroniser that comes up asserted and
+releases the core only once the written words have landed); the command processor's ``irq``
+through an ``FFSynchronizer``. The core's ``bus_error`` is used by nothing in ``sync``.
 
 Inside
 ------
@@ -78,19 +92,23 @@ Argument words wider than their descriptor fields (e.g. a scratchpad address bey
 scratchpad) make the DMA command malformed (engine error 4) rather than wrapping.
 """
 
-from amaranth.hdl import Cat, Module, Mux, ResetInserter, Signal
+from amaranth.hdl import (Cat, ClockDomain, ClockSignal, DomainRenamer, Module, Mux,
+                          ResetInserter, ResetSignal, Signal)
 from amaranth.lib import wiring
+from amaranth.lib.cdc import FFSynchronizer, ResetSynchronizer
 from amaranth.lib.wiring import In, Out
 
 from . import regmap
 from .axi import axi4_signature
 from .axil import AXILiteToWishbone, axil_signature
+from .cdc import WishboneCDC
 from .cmdproc import ERR_WATCHDOG, CommandProcessor
 from .config import EmberConfig
 from .cpu import ControlCore, DEFAULT_IMEM_SIZE
 from .dma import DMA
 from .embag import EmbagCommands, EmbeddingBagEngine, GatherArbiter, embag_params
 from .gemm import GemmEngine
+from .host_cdc import HostCDC
 from .regs import Registers
 from .sram import Scratchpad
 from .store_blocks import StoreBlocks
@@ -145,19 +163,24 @@ class Ember(wiring.Component):
         DRAM port.
     irq : Out(1)
         Interrupt to the host.
+    cpu_clk : In(1)
+        Only with ``config.cpu_async``: the control core's clock.
     """
 
     def __init__(self, config):
         if not isinstance(config, EmberConfig):
             raise TypeError(f"config must be an EmberConfig, not {config!r}")
         self.config = config
-        super().__init__({
+        members = {
             "host": In(axil_signature(addr_width=regmap.HOST_ADDR_WIDTH)),
             "axi": Out(axi4_signature(addr_width=config.axi_addr_width,
                                       data_bytes=config.bus_bytes,
                                       id_width=config.axi_id_width)),
             "irq": Out(1),
-        })
+        }
+        if config.cpu_async:
+            members["cpu_clk"] = In(1)
+        super().__init__(members)
 
     def elaborate(self, platform):
         m = Module()
@@ -165,9 +188,17 @@ class Ember(wiring.Component):
         queues = regmap.QUEUE_NAMES
 
         m.submodules.bridge = bridge = AXILiteToWishbone(addr_width=regmap.HOST_ADDR_WIDTH)
-        m.submodules.cpu = cpu = ControlCore()
+        cpu = ControlCore()
+        if cfg.cpu_async:
+            m.domains.cpu = ClockDomain("cpu")
+            m.d.comb += ClockSignal("cpu").eq(self.cpu_clk)
+            m.submodules.cpu_rst_sync = ResetSynchronizer(ResetSignal("sync"), domain="cpu")
+            m.submodules.cpu = DomainRenamer("cpu")(cpu)
+        else:
+            m.submodules.cpu = cpu
         m.submodules.regs = regs = Registers(config=cfg, imem_words=DEFAULT_IMEM_SIZE // 4,
-                                             fw_addr_width=len(cpu.mmio.adr))
+                                             fw_addr_width=len(cpu.mmio.adr),
+                                             imem_backpressure=cfg.cpu_async)
         m.submodules.cp = cp = BLOCKS["cmdproc"](cfg)
         sram_aw = _sram_addr_width(cfg)      # the scratchpad's word-address width
         dma = BLOCKS["dma"](cfg)
@@ -187,13 +218,34 @@ class Ember(wiring.Component):
         # Host port → registers; control core ↔ registers.
         wiring.connect(m, wiring.flipped(self.host), bridge.axil)
         wiring.connect(m, bridge.wb, regs.host)
-        wiring.connect(m, cpu.mmio, regs.fw)
-        wiring.connect(m, regs.imem_write, cpu.host)
-        m.d.comb += [
-            cpu.cpu_reset.eq(regs.cpu_reset),
-            cpu.irq.eq(cp.irq),
-            self.irq.eq(regs.irq),
-        ]
+        if cfg.cpu_async:
+            # Control core (domain cpu) ↔ registers (sync): see "Clock domains" above.
+            m.submodules.mmio_cdc = mmio_cdc = WishboneCDC(addr_width=len(cpu.mmio.adr),
+                                                           i_domain="cpu", t_domain="sync")
+            wiring.connect(m, cpu.mmio, mmio_cdc.i)
+            wiring.connect(m, mmio_cdc.t, regs.fw)
+            m.submodules.host_cdc = host_cdc = HostCDC(addr_width=len(regs.imem_write.addr),
+                                                       w_domain="sync", r_domain="cpu")
+            wiring.connect(m, regs.imem_write, host_cdc.write_i)
+            wiring.connect(m, host_cdc.write_o, cpu.host)
+            cpu_irq = Signal.like(cp.irq, name="cpu_irq")
+            m.submodules.irq_sync = FFSynchronizer(cp.irq, cpu_irq, o_domain="cpu",
+                                                   reset_less=False)
+            m.d.comb += [
+                regs.imem_write_rdy.eq(host_cdc.write_rdy),
+                host_cdc.reset_i.eq(regs.cpu_reset),
+                cpu.cpu_reset.eq(host_cdc.reset_o),
+                cpu.irq.eq(cpu_irq),
+                self.irq.eq(regs.irq),
+            ]
+        else:
+            wiring.connect(m, cpu.mmio, regs.fw)
+            wiring.connect(m, regs.imem_write, cpu.host)
+            m.d.comb += [
+                cpu.cpu_reset.eq(regs.cpu_reset),
+                cpu.irq.eq(cp.irq),
+                self.irq.eq(regs.irq),
+            ]
 
         # Registers ↔ command processor.
         wiring.connect(m, regs.push, cp.push)

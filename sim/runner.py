@@ -44,6 +44,12 @@ LINT_WAIVERS = {
     "CASEINCOMPLETE": "Switch/FSM cases follow a default assignment, so uncovered values are safe",
     # Every submodule is emitted into the one file named after the top.
     "DECLFILENAME": "all modules of a design live in one generated file",
+    # With EmberConfig.cpu_async, the `cpu` domain's reset is the system `rst` through
+    # amaranth.lib.cdc.ResetSynchronizer (asynchronous assert, synchronous release), and the
+    # AsyncFIFO of hw/host_cdc.py resets its read side the same way (AsyncFFSynchronizer);
+    # everywhere else `rst` is a synchronous reset. Those synchronisers are the only
+    # asynchronous uses of a reset in Ember.
+    "SYNCASYNCNET": "rst also drives the cpu domain's reset synchroniser (cpu_async)",
 }
 
 # Third-party Verilog (VexRiscv) is compiled beside ours; this control file waives its warnings,

@@ -15,6 +15,15 @@ def test_presets():
         assert cfg.top_name == f"ember_{name}" and "__" not in cfg.top_name
 
 
+def test_cpu_async_presets():
+    """The presets meant for the ECP5 (and CI) run the control core on its own clock."""
+    assert get_preset("tiny").cpu_async and get_preset("small").cpu_async
+    assert not get_preset("default").cpu_async and not get_preset("mtia").cpu_async
+    assert EmberConfig(name="x", pe_rows=1, pe_cols=1, pe_lanes=1).cpu_async is False
+    with pytest.raises(TypeError, match="cpu_async must be a bool, not 1"):
+        get_preset("tiny").replace(cpu_async=1)
+
+
 def test_small_fits_its_word():
     """`small` (sized for the ECP5-85F, synth/README.md) feeds the PE array from one 16-byte word."""
     cfg = get_preset("small")
@@ -43,6 +52,8 @@ def test_frozen():
     ("name", "Bad__Name", ValueError),
     ("name", "a__b", ValueError),
     ("simulate", "yes", TypeError),
+    ("cpu_async", 1, TypeError),
+    ("cpu_async", "no", TypeError),
 ])
 def test_validation_names_the_field(field, value, exc):
     with pytest.raises(exc, match=field):

@@ -40,6 +40,19 @@ def test_top(testcase):
 
 
 @pytest.mark.rtl
+@pytest.mark.parametrize("cpu_period_ns", ["7", "29"])
+def test_top_cpu_clock(cpu_period_ns):
+    """tiny runs the control core on its own clock (``cpu_async``): every test above runs it
+    at the default 13 ns against the 10 ns system clock; this runs a firmware GEMM (result and
+    command stream checked exactly) with a faster and a much slower core clock, on the same
+    build (the period is a run-time setting of the testbench)."""
+    cfg = get_preset("tiny")
+    assert cfg.cpu_async
+    run_cocotb(build_top_rtl(cfg), cfg.top_name, "sim.tb_top", config=cfg,
+               testcase="firmware_vs_host", extra_env={"EMBER_CPU_PERIOD_NS": cpu_period_ns})
+
+
+@pytest.mark.rtl
 @pytest.mark.slow
 @pytest.mark.parametrize("testcase", ["random_gemms", "multi_block_gemm", "requant_corners",
                                       "firmware_gemms", "firmware_vs_host"])
