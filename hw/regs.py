@@ -1,8 +1,15 @@
 """The register block: the map of ``hw/regmap.py`` on two Wishbone subordinate ports.
 
 ``host`` comes from the AXI4-Lite bridge (``hw/axil.py``); ``fw`` is the control core's MMIO
-window. Both are answered one cycle after the request, with ``ack``, or ``err`` for an offset that
-is neither a register nor (host only) the IMEM window. Access rights per side come from the map.
+window. Both are answered two cycles after the request, with ``ack``, or ``err`` for an offset
+that is neither a register nor (host only) the IMEM window. Access rights per side come from the
+map. A write takes effect in the request cycle; a read returns the value of that cycle.
+
+The read multiplexer is split in two registered levels: every group of eight words (offset bits
+4:2) is selected into a register of its own, and the groups (offset bits 8:5) in the next cycle.
+In one level, some 80 registers of 32 bits on two sides converged on 64 flip-flops and made the
+most congested spot of the whole chip, the one that kept ``router2`` from finishing
+(synth/README.md, "Routability").
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal
@@ -28,7 +35,7 @@ class Registers(wiring.Component):
         Width of ``fw.adr`` (the control core's MMIO window, default 26).
     imem_backpressure : bool
         Add the input ``imem_write_rdy``: a host write to the IMEM window is then acknowledged
-        only in the cycle after ``imem_write_rdy`` was high with it (``imem_write.en`` stays up,
+        two cycles after ``imem_write_rdy`` was high with it (``imem_write.en`` stays up,
         with the same fields, until then). For a write port that crosses into another clock
         domain (``hw/host_cdc.py``). Default False: every write is taken at once.
 
@@ -178,7 +185,8 @@ class Registers(wiring.Component):
             readable_side = dict(readable)
             for i in range(8):
                 readable_side[f"CMD{i}"] = stage[i]
-            request = bus.cyc & bus.stb & ~bus.ack & ~bus.err
+            busy = Signal(name=f"{side}_busy")          # a request in the read's second cycle
+            request = bus.cyc & bus.stb & ~bus.ack & ~bus.err & ~busy
             offset = Signal(regmap.HOST_ADDR_WIDTH if side == "host" else len(bus.adr) + 2,
                             name=f"{side}_offset")
             m.d.comb += offset.eq(bus.adr << 2)
@@ -200,8 +208,6 @@ class Registers(wiring.Component):
                         continue
                     with m.Case(reg.offset):
                         m.d.comb += hit.eq(1)
-                        if ("r" in rights or rights == "w1c") and reg.name in readable_side:
-                            m.d.comb += rdata.eq(readable_side[reg.name])
                         if "w" in rights:
                             with m.If(write):
                                 self._write(m, side, reg.name, bus.dat_w, locals_=dict(
@@ -223,10 +229,39 @@ class Registers(wiring.Component):
                             ]
                             if stall is not None:
                                 m.d.comb += stall.eq(~self.imem_write_rdy)
-            ack = request & hit if stall is None else request & hit & ~stall
+            # Reads, first level: each group of eight words into a register.
+            groups = {}
+            for reg in regmap.REGS:
+                rights = getattr(reg, side)
+                if ("r" in rights or rights == "w1c") and reg.name in readable_side:
+                    assert reg.offset < 1 << 9 and reg.offset % 4 == 0, reg
+                    groups.setdefault(reg.offset >> 5, {})[(reg.offset >> 2) & 7] = \
+                        readable_side[reg.name]
+            group_q = {}
+            for g, words in sorted(groups.items()):
+                group_q[g] = Signal(32, name=f"{side}_group{g}")
+                with m.Switch(offset[2:5]):
+                    for w, value in sorted(words.items()):
+                        with m.Case(w):
+                            m.d.sync += group_q[g].eq(value)
+                    with m.Default():
+                        m.d.sync += group_q[g].eq(0)
+            group = Signal(4, name=f"{side}_group")
+            in_regs = Signal(name=f"{side}_in_regs")    # not the IMEM window (reads 0)
+            hit_q = Signal(name=f"{side}_hit_q")
+            # A stalled IMEM write is not taken: it is offered again in the next cycle.
+            taken = request if stall is None else request & ~stall
+            m.d.sync += [busy.eq(taken), hit_q.eq(hit), group.eq(offset[5:9]),
+                         in_regs.eq(offset[9:] == 0)]
+            # Second level: the group, with the answer.
+            with m.If(in_regs):
+                with m.Switch(group):
+                    for g, q in group_q.items():
+                        with m.Case(g):
+                            m.d.comb += rdata.eq(q)
             m.d.sync += [
-                bus.ack.eq(ack),
-                bus.err.eq(request & ~hit),
+                bus.ack.eq(busy & hit_q),
+                bus.err.eq(busy & ~hit_q),
                 bus.dat_r.eq(rdata),
             ]
 

@@ -745,13 +745,14 @@ def summary_text(result, json_path):
         f"({result['sram_banks']['count']} banks)",
     ]
     fmax = result["fmax_mhz"]
+    clk = clock_name(result["clock"]) if result["clock"] else None
     if result["placed_and_routed"]:
-        lines.append(f"  Fmax ({result['clock']}): {fmax} MHz, target {result['target_mhz']} MHz: "
+        lines.append(f"  Fmax ({clk}): {fmax} MHz, target {result['target_mhz']} MHz: "
                      f"{'MET' if result['meets_target'] else 'FAILED'}")
     elif result["fmax_kind"] and (result.get("routing") or {}).get("stopped"):
         routing = result["routing"]
         lines.append(f"  NOT ROUTED: {routing['stopped']}")
-        lines.append(f"  Fmax ({result['clock']}): {fmax} MHz, the estimate after placement, "
+        lines.append(f"  Fmax ({clk}): {fmax} MHz, the estimate after placement, "
                      f"target {result['target_mhz']} MHz")
         congestion = routing.get("congestion") or {}
         if congestion.get("nets"):
@@ -762,7 +763,7 @@ def summary_text(result, json_path):
             lines.append(f"  half of the overuse in tiles X {h['x'][0]}-{h['x'][1]}, "
                          f"Y {h['y'][0]}-{h['y'][1]} (of {h['grid_xy'][0]}×{h['grid_xy'][1]})")
     elif result["fmax_kind"]:
-        lines.append(f"  Fmax ({result['clock']}): {fmax} MHz, an estimate after placement "
+        lines.append(f"  Fmax ({clk}): {fmax} MHz, an estimate after placement "
                      f"(--no-route), target {result['target_mhz']} MHz")
     else:
         lines.append("  not placed and routed: it does not fit the LFE5U-85F (yosys's counts)")
