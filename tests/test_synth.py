@@ -68,7 +68,7 @@ def test_yosys_script_maps_pe_multipliers():
         assert script.endswith("tee -q -o st.json stat -json\n")
     # Default: synth_ecp5 up to its LUT mapping, classic ABC, then the rest of synth_ecp5.
     assert ("synth_ecp5 -top ember_x_synth -run coarse:map_luts\n"
-            "techmap -map +/lattice/latches_map.v\nabc -dress -lut 4:7\nclean\n"
+            "techmap -map +/lattice/latches_map.v\nabc -dress -lut 4\nclean\n"
             "synth_ecp5 -top ember_x_synth -run map_cells: -json s.json\n") in dsp
     assert "synth_ecp5 -top ember_x_synth -run coarse: -json s.json\n" in abc9
     assert "abc -dress" not in abc9
@@ -235,6 +235,10 @@ def test_route_stall():
     assert flow.route_stall(creep) is not None
     assert flow.route_stall(creep[:6] + [(7, 9000), (8, 8990)]) is None
     assert flow.route_stall(its, patience=0) is None and flow.route_stall([]) is None
+    # The last few wires of a design that routes can take many iterations: never stopped there.
+    tail = [(i + 1, n) for i, n in enumerate([900, 300, 40, 12, 12, 12, 12, 12, 12, 12, 12])]
+    assert flow.route_stall(tail) is None
+    assert flow.route_stall([(i, 100 * n) for i, n in tail]) is not None
     log = "Info:     iter=1 wires=693585 overused=51708 overuse=62842 archfail=NA\n" \
           "Info:     iter=2 wires=714090 overused=34741 overuse=38515 archfail=NA\n"
     assert flow.route_iterations(log) == [(1, 51708), (2, 34741)]
@@ -322,12 +326,12 @@ def test_nextpnr_args():
     placed = flow.nextpnr_args(json_in="s.json", lpf="h.lpf", report="r.json", freq_mhz=100,
                                seed=1, route=False, heatmap="heatmap/h")
     assert "--no-route" in placed and "--router2-heatmap" not in placed
-    assert placed[placed.index("--placer") + 1] == "heap"
+    assert placed[placed.index("--placer") + 1] == "static"
     with pytest.raises(ValueError, match="placer"):
         flow.nextpnr_args(json_in="s", lpf="h", report="r", freq_mhz=1, seed=1, placer="sa")
-    assert "abc -dress -lut 4\n" in flow.yosys_script(
+    assert "abc -dress -lut 4:7\n" in flow.yosys_script(
         ["a.v"], "h.v", "x", json_out="s.json", stat_out="st.json", pe_macs="dsp",
-        pe_module="x", lut_mapper="abc4")
+        pe_module="x", lut_mapper="abc")
 
 
 def test_second_clock_passes_through_the_harness():
