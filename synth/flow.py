@@ -527,7 +527,7 @@ def parse_nextpnr_report(report):
 
 _ROUTE_ITER_RE = re.compile(r"iter=(\d+) wires=(\d+) overused=(\d+)")
 _UTIL_RE = re.compile(r"^Info:\s+([A-Z][A-Z0-9_]+):\s+(\d+)/\s*(\d+)\s+\d+%", re.M)
-_FMAX_RE = re.compile(r"Max frequency for clock '([^']+)': ([\d.]+) MHz \((?:PASS|FAIL) at "
+_FMAX_RE = re.compile(r"Max frequency for clock\s+'([^']+)': ([\d.]+) MHz \((?:PASS|FAIL) at "
                       r"([\d.]+) MHz\)")
 
 #: ``router2`` is stopped when its count of overused wires has not improved by
