@@ -34,7 +34,20 @@ from amaranth.lib.wiring import In, Out
 
 from . import wishbone
 
-__all__ = ["WishboneCDC"]
+__all__ = ["WishboneCDC", "check_domains"]
+
+
+def check_domains(**domains):
+    """Check the clock-domain parameters of a crossing (``name=value``): each a non-empty
+    string other than ``"comb"``, and all different; ``TypeError``/``ValueError`` otherwise."""
+    for name, value in domains.items():
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a domain name (str), not {value!r}")
+        if value == "comb" or not value:
+            raise ValueError(f"{name} must be a clock domain, not {value!r}")
+    if len(set(domains.values())) < len(domains):
+        names = " and ".join(domains)
+        raise ValueError(f"{names} must differ, not both {next(iter(domains.values()))!r}")
 
 
 class WishboneCDC(wiring.Component):
@@ -73,13 +86,7 @@ class WishboneCDC(wiring.Component):
             raise ValueError(f"addr_width must be at least 0, not {addr_width!r}")
         if data_width < 8 or data_width % 8:
             raise ValueError(f"data_width must be a positive multiple of 8, not {data_width!r}")
-        for name, value in (("i_domain", i_domain), ("t_domain", t_domain)):
-            if not isinstance(value, str):
-                raise TypeError(f"{name} must be a domain name (str), not {value!r}")
-            if value == "comb" or not value:
-                raise ValueError(f"{name} must be a clock domain, not {value!r}")
-        if i_domain == t_domain:
-            raise ValueError(f"i_domain and t_domain must differ, not both {i_domain!r}")
+        check_domains(i_domain=i_domain, t_domain=t_domain)
         self.addr_width, self.data_width = addr_width, data_width
         self.i_domain, self.t_domain = i_domain, t_domain
         sig = wishbone.Signature(addr_width=addr_width, data_width=data_width)

@@ -25,6 +25,7 @@ from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.fifo import AsyncFIFO
 from amaranth.lib.wiring import In, Out
 
+from .cdc import check_domains
 from .wishbone import host_write_signature
 
 __all__ = ["HostCDC"]
@@ -68,13 +69,7 @@ class HostCDC(wiring.Component):
             raise ValueError(f"addr_width must be at least 1, not {addr_width!r}")
         if depth < 2 or depth & (depth - 1):
             raise ValueError(f"depth must be a power of two of at least 2, not {depth!r}")
-        for name, value in (("w_domain", w_domain), ("r_domain", r_domain)):
-            if not isinstance(value, str):
-                raise TypeError(f"{name} must be a domain name (str), not {value!r}")
-            if value == "comb" or not value:
-                raise ValueError(f"{name} must be a clock domain, not {value!r}")
-        if w_domain == r_domain:
-            raise ValueError(f"w_domain and r_domain must differ, not both {w_domain!r}")
+        check_domains(w_domain=w_domain, r_domain=r_domain)
         self.addr_width, self.depth = addr_width, depth
         self.w_domain, self.r_domain = w_domain, r_domain
         sig = host_write_signature(addr_width)
