@@ -234,18 +234,17 @@ class Ember(wiring.Component):
             m.d.comb += [
                 regs.imem_write_rdy.eq(host_cdc.write_rdy),
                 host_cdc.reset_i.eq(regs.cpu_reset),
-                cpu.cpu_reset.eq(host_cdc.reset_o),
-                cpu.irq.eq(cpu_irq),
-                self.irq.eq(regs.irq),
             ]
+            cpu_reset = host_cdc.reset_o
         else:
             wiring.connect(m, cpu.mmio, regs.fw)
             wiring.connect(m, regs.imem_write, cpu.host)
-            m.d.comb += [
-                cpu.cpu_reset.eq(regs.cpu_reset),
-                cpu.irq.eq(cp.irq),
-                self.irq.eq(regs.irq),
-            ]
+            cpu_reset, cpu_irq = regs.cpu_reset, cp.irq
+        m.d.comb += [
+            cpu.cpu_reset.eq(cpu_reset),
+            cpu.irq.eq(cpu_irq),
+            self.irq.eq(regs.irq),
+        ]
 
         # Registers ↔ command processor.
         wiring.connect(m, regs.push, cp.push)
