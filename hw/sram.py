@@ -130,9 +130,9 @@ class Scratchpad(wiring.Component):
                 return 0
             return port.req.payload.addr[self.row_bits:self.row_bits + self.bank_bits]
 
-        # Response path registers: which port each bank's read (done last cycle) belongs to.
-        pend_valid = [Signal(name=f"pend_valid_{b}") for b in range(B)]
-        pend_port = [Signal(range(P), name=f"pend_port_{b}") for b in range(B)]
+        # Response path registers: for each bank, one bit per port, set for the port whose read
+        # the bank did last cycle (one-hot, so each port's hit is a flip-flop, not a compare).
+        pend_hit = [Signal(P, name=f"pend_hit_{b}") for b in range(B)]
         rdata = []
         grants = [[] for _ in range(P)]     # per port: its grant bit at each bank
 
@@ -153,28 +153,29 @@ class Scratchpad(wiring.Component):
             mask = Signal(P, name=f"rr_{b}", init=(1 << P) - 1)
             masked = Signal(P, name=f"masked_{b}")
             grant = Signal(P, name=f"grant_{b}")
-            granted = Signal(range(P), name=f"granted_{b}")
             m.d.comb += [
                 masked.eq(want & mask),
                 grant.eq(Mux(masked.any(), masked & -masked, want & -want)[:P]),
             ]
-            # One-hot to index and one-hot multiplexers as AND-OR trees (not if-chains, which
-            # would become a priority chain of P multiplexers).
-            m.d.comb += granted.eq(_or_tree([Mux(grant[i], i, 0) for i in range(1, P)]))
             with m.If(want.any()):
                 # The ports after the granted one; none after the last means pointer 0.
                 after = Signal(P, name=f"after_{b}")
                 m.d.comb += after.eq(~(grant | (grant - 1)))
                 m.d.sync += mask.eq(Mux(after.any(), after, (1 << P) - 1))
 
-            # The granted request is registered; the register drives the bank.
+            # The granted request is registered; the register drives the bank. The one-hot
+            # multiplexer is an AND-OR tree (not an if-chain, which would become a priority
+            # chain of P multiplexers). The request register has no reset: only `acc_grant`
+            # (which port, if any, the access is for) says whether it holds an access, so the
+            # reset net does not reach its ~150 bits.
             sel = Signal.like(ports[0].req.payload, name=f"sel_{b}")
             m.d.comb += sel.eq(_or_tree([Mux(grant[i], port.req.payload.as_value(), 0)
                                          for i, port in enumerate(ports)]))
+            acc_grant = Signal(P, name=f"acc_grant_{b}")
             acc_valid = Signal(name=f"acc_valid_{b}")
-            acc = Signal.like(ports[0].req.payload, name=f"acc_{b}")
-            acc_port = Signal(range(P), name=f"acc_port_{b}")
-            m.d.sync += [acc_valid.eq(grant.any()), acc.eq(sel), acc_port.eq(granted)]
+            acc = Signal.like(ports[0].req.payload, name=f"acc_{b}", reset_less=True)
+            m.d.sync += [acc_grant.eq(grant), acc.eq(sel)]
+            m.d.comb += acc_valid.eq(acc_grant.any())
             row = acc.addr[:self.row_bits] if self.row_bits else 0
             m.d.comb += [
                 rd.addr.eq(row),
@@ -184,7 +185,7 @@ class Scratchpad(wiring.Component):
             ]
             with m.If(acc_valid & acc.we):
                 m.d.comb += wr.en.eq(acc.wmask)
-            m.d.sync += [pend_valid[b].eq(acc_valid & ~acc.we), pend_port[b].eq(acc_port)]
+            m.d.sync += pend_hit[b].eq(Mux(acc.we, 0, acc_grant))
 
             for i, port in enumerate(ports):
                 grants[i].append(grant[i])
@@ -192,13 +193,16 @@ class Scratchpad(wiring.Component):
         for i, port in enumerate(ports):
             m.d.comb += port.req.ready.eq(_or_tree(grants[i]))
 
-        # Crossbar back to the ports, registered: data reach the client at t+3.
+        # Crossbar back to the ports, registered: data reach the client at t+3. The data
+        # register has no reset (`rsp.valid` says when it means something).
         for i, port in enumerate(ports):
             valid_next = Signal(name=f"rsp_valid_next_{i}")
             data_next = Signal(8 * self.data_bytes, name=f"rsp_data_next_{i}")
-            hit = [pend_valid[b] & (pend_port[b] == i) for b in range(B)]
+            data_q = Signal(8 * self.data_bytes, name=f"rsp_data_{i}", reset_less=True)
+            hit = [pend_hit[b][i] for b in range(B)]
             m.d.comb += [valid_next.eq(_or_tree(hit)),
                          data_next.eq(_or_tree([Mux(hit[b], rdata[b], 0) for b in range(B)]))]
-            m.d.sync += [port.rsp.valid.eq(valid_next), port.rsp.data.eq(data_next)]
+            m.d.sync += [port.rsp.valid.eq(valid_next), data_q.eq(data_next)]
+            m.d.comb += port.rsp.data.eq(data_q)
 
         return m
