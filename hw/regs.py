@@ -192,6 +192,7 @@ class Registers(wiring.Component):
             m.d.comb += offset.eq(bus.adr << 2)
             write = request & bus.we
             rdata = Signal(32, name=f"{side}_rdata")
+            dat_r = Signal(32, name=f"{side}_dat_r", reset_less=True)    # read with ack only
             hit = Signal(name=f"{side}_hit")
             push = Signal(name=f"{side}_push")
             pushes.append((push, stage))
@@ -239,7 +240,7 @@ class Registers(wiring.Component):
                         readable_side[reg.name]
             group_q = {}
             for g, words in sorted(groups.items()):
-                group_q[g] = Signal(32, name=f"{side}_group{g}")
+                group_q[g] = Signal(32, name=f"{side}_group{g}", reset_less=True)
                 with m.Switch(offset[2:5]):
                     for w, value in sorted(words.items()):
                         with m.Case(w):
@@ -262,15 +263,17 @@ class Registers(wiring.Component):
             m.d.sync += [
                 bus.ack.eq(busy & hit_q),
                 bus.err.eq(busy & ~hit_q),
-                bus.dat_r.eq(rdata),
+                dat_r.eq(rdata),
             ]
+            m.d.comb += bus.dat_r.eq(dat_r)
 
         # Pushes: each side's push is held until the command processor takes it (the two sides
         # alternate when both wait). The command processor is always ready, so a push is held
         # for at most two cycles; a push in that time would be dropped, but a bus write takes two.
         # If both sides write a semaphore in the same cycle, the firmware's write wins.
         pending = [Signal(name=f"push_pending_{i}") for i in range(2)]
-        held = [Signal(cmd_layout, name=f"push_held_{i}") for i in range(2)]
+        held = [Signal(cmd_layout, name=f"push_held_{i}", reset_less=True)   # used when pending
+                for i in range(2)]
         for i, (push, stage) in enumerate(pushes):
             with m.If(push & ~pending[i]):
                 m.d.sync += [pending[i].eq(1), held[i].eq(stage)]

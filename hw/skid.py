@@ -50,7 +50,10 @@ class SkidBuffer(wiring.Component):
         m = Module()
         i, o = self.i, self.o
         skid_valid = Signal()
-        skid = Signal.like(i.payload)
+        # The payload registers have no reset: the valid flags say when they hold a transfer.
+        skid = Signal.like(i.payload, reset_less=True)
+        head = Signal.like(o.payload, reset_less=True)
+        m.d.comb += o.payload.eq(head)
         m.d.comb += [
             i.ready.eq(~skid_valid),
             self.busy.eq(o.valid | skid_valid),
@@ -59,9 +62,9 @@ class SkidBuffer(wiring.Component):
             # The output register is free (or being taken): refill it, from the skid register
             # first (no input is accepted while that is full).
             with m.If(skid_valid):
-                m.d.sync += [o.valid.eq(1), o.payload.eq(skid), skid_valid.eq(0)]
+                m.d.sync += [o.valid.eq(1), head.eq(skid), skid_valid.eq(0)]
             with m.Else():
-                m.d.sync += [o.valid.eq(i.valid), o.payload.eq(i.payload)]
+                m.d.sync += [o.valid.eq(i.valid), head.eq(i.payload)]
         with m.Elif(i.valid & ~skid_valid):
             m.d.sync += [skid_valid.eq(1), skid.eq(i.payload)]
         return m
