@@ -94,13 +94,21 @@ class _Reader(wiring.Component):
         m = Module()
         m.submodules.fifo = buf = fifo.SyncFIFOBuffered(width=8 * self.data_bytes + 1,
                                                         depth=self.DEPTH)
+        # Only `active`, `nxt_valid`, `credit` and `last_pipe` are reset: the command's fields,
+        # the counters and the address are all loaded when a command starts (`active` rises),
+        # and nothing looks at them while `active` is low.
         active = Signal()
-        steps, outer, inner = Signal(16), Signal(16), Signal(16)
-        s, i, j = Signal(16), Signal(16), Signal(16)
-        base, tile = Signal(self.addr_width), Signal(self.addr_width)
+        steps = Signal(16, name="steps", reset_less=True)
+        outer = Signal(16, name="outer", reset_less=True)
+        inner = Signal(16, name="inner", reset_less=True)
+        s = Signal(16, name="s", reset_less=True)
+        i = Signal(16, name="i", reset_less=True)
+        j = Signal(16, name="j", reset_less=True)
+        base = Signal(self.addr_width, name="base", reset_less=True)
+        tile = Signal(self.addr_width, name="tile", reset_less=True)
         # The request's address (`tile + s`) and valid are registers, so that the scratchpad's
         # arbiter sees no adder or compare in front of it.
-        addr = Signal(self.addr_width)
+        addr = Signal(self.addr_width, reset_less=True)
         credit = Signal(range(self.DEPTH + 1))   # reads issued whose word is not yet popped
 
         last_step = s == steps - 1
@@ -138,8 +146,10 @@ class _Reader(wiring.Component):
         # never the engine's `cmd.ready`. The start comes last, so it wins over the final read's
         # updates.
         nxt_valid = Signal()
-        nxt_steps, nxt_outer, nxt_inner = Signal(16), Signal(16), Signal(16)
-        nxt_base = Signal(self.addr_width)
+        nxt_steps = Signal(16, name="nxt_steps", reset_less=True)
+        nxt_outer = Signal(16, name="nxt_outer", reset_less=True)
+        nxt_inner = Signal(16, name="nxt_inner", reset_less=True)
+        nxt_base = Signal(self.addr_width, reset_less=True)
         final = last_step & (j == inner - 1) & (i == outer - 1)
         m.d.comb += [self.free.eq(~nxt_valid), self.idle.eq(~active & ~nxt_valid)]
         with m.If(nxt_valid & (~active | (issued & final))):
@@ -163,6 +173,33 @@ class _Reader(wiring.Component):
         ]
         popped = buf.r_rdy & buf.r_en
         m.d.sync += credit.eq(credit + issued - popped)
+        return m
+
+
+class _DataSlice(SkidBuffer):
+    """:class:`SkidBuffer` whose payload registers (the output and skid registers) have no reset:
+    only their valid flags are reset, so a reset leaves no stale payload visible. Same ports,
+    same timing."""
+
+    def elaborate(self, platform):
+        m = Module()
+        i, o = self.i, self.o
+        o_valid, skid_valid = Signal(name="o_valid"), Signal(name="skid_valid")
+        o_data = Signal.like(i.payload, name="o_data", reset_less=True)
+        skid = Signal.like(i.payload, name="skid", reset_less=True)
+        m.d.comb += [
+            o.valid.eq(o_valid),
+            o.payload.eq(o_data),
+            i.ready.eq(~skid_valid),
+            self.busy.eq(o_valid | skid_valid),
+        ]
+        with m.If(~o_valid | o.ready):
+            with m.If(skid_valid):
+                m.d.sync += [o_valid.eq(1), o_data.eq(skid), skid_valid.eq(0)]
+            with m.Else():
+                m.d.sync += [o_valid.eq(i.valid), o_data.eq(i.payload)]
+        with m.Elif(i.valid & ~skid_valid):
+            m.d.sync += [skid_valid.eq(1), skid.eq(i.payload)]
         return m
 
 
@@ -306,9 +343,13 @@ class GemmEngine(wiring.Component):
             """High (a register) while the current command is in its last tile. Counts the
             tiles of ``job`` (i outer, j inner) down: ``load`` starts a command (from the FIFO's
             head, ``job``), ``tile_end`` ends a tile of the held command ``held``."""
-            tj, ti = Signal(16, name=f"{name}_tj"), Signal(16, name=f"{name}_ti")
-            fj, fi = Signal(name=f"{name}_fj"), Signal(name=f"{name}_fi")
-            held = Signal(job_layout, name=f"{name}_job")
+            # No reset: all of it is loaded with the valid flag that qualifies it (`rq_valid`,
+            # `wr_valid`), and nothing looks at it while that flag is low.
+            tj = Signal(16, name=f"{name}_tj", reset_less=True)
+            ti = Signal(16, name=f"{name}_ti", reset_less=True)
+            fj = Signal(name=f"{name}_fj", reset_less=True)
+            fi = Signal(name=f"{name}_fi", reset_less=True)
+            held = Signal(job_layout, name=f"{name}_job", reset_less=True)
             with m.If(load):
                 m.d.sync += [held.eq(job), tj.eq(job.n1), ti.eq(job.m1),
                              fj.eq(job.n_one), fi.eq(job.m_one)]
@@ -340,7 +381,9 @@ class GemmEngine(wiring.Component):
         })
         m.submodules.prm_fifo = prm_fifo = fifo.SyncFIFOBuffered(width=prm_layout.size, depth=4)
         word_idx = Signal(2)
-        bias_w, mult_w = Signal(32 * C), Signal(32 * C)
+        # Written (words 0 and 1) before the tile's entry is pushed (word 2): no reset.
+        bias_w = Signal(32 * C, name="bias_w", reset_less=True)
+        mult_w = Signal(32 * C, name="mult_w", reset_less=True)
         prm_in = Signal(prm_layout)
         m.d.comb += [
             prm_in.bias.eq(bias_w), prm_in.multiplier.eq(mult_w),
@@ -364,11 +407,14 @@ class GemmEngine(wiring.Component):
         # there), the current tile's parameters (`prm`, loaded from `prm_fifo` while empty) and
         # a one-entry register slice on the partial-sum reader. FIFO outputs come straight from
         # LUT RAM, late in the cycle; with these registers they feed only D inputs.
-        rq_valid, prm_valid = Signal(), Signal()
-        prm = Signal(prm_layout)
-        part_valid, part_data = Signal(), Signal(32 * C)
+        # The data registers (`prm`, `part_data`, and the held commands) have no reset; their
+        # valid flags do.
+        rq_valid, prm_valid = Signal(name="rq_valid"), Signal(name="prm_valid")
+        prm = Signal(prm_layout, reset_less=True)
+        part_valid = Signal(name="part_valid")
+        part_data = Signal(32 * C, name="part_data", reset_less=True)
         # `go_plain`: command and parameters held, not `acc`; `go_acc`: likewise, `acc`.
-        go_plain, go_acc = Signal(), Signal()
+        go_plain, go_acc = Signal(name="go_plain"), Signal(name="go_acc")
         rq_head = Signal(job_layout)
         m.d.comb += rq_head.eq(rq_jobs.r_data)
         have, entered = Signal(), Signal()
@@ -421,14 +467,14 @@ class GemmEngine(wiring.Component):
         # output stage's `last` (the end of a tile) and a registered last-tile flag.
         # The output stage's words reach the writer through a register slice, so that the
         # scratchpad's grant (`c_wr.req.ready`) ends there instead of stalling the output stage.
-        wq = m.submodules.wr_slice = SkidBuffer(layout=rq.o.payload.shape())
+        wq = m.submodules.wr_slice = _DataSlice(layout=rq.o.payload.shape())
         wiring.connect(m, rq.o, wq.i)
         ro = wq.o
         wr_valid = Signal()
         wr_head = Signal(job_layout)
         m.d.comb += wr_head.eq(wr_jobs.r_data)
         wr_load = ~wr_valid & wr_jobs.r_rdy
-        wr_addr = Signal(self.addr_width)
+        wr_addr = Signal(self.addr_width, reset_less=True)    # loaded with `wr_valid`
         done_full = Signal()
         written = Signal()
         wr_tile_end = written & ro.payload.last
@@ -461,13 +507,15 @@ class GemmEngine(wiring.Component):
 
         m.d.sync += unwritten.eq(unwritten + accept - finished)
 
-        # Completion: a one-entry output register so `done` never waits on `ready`.
-        m.d.comb += self.done.valid.eq(done_full)
+        # Completion: a one-entry output register so `done` never waits on `ready`. Its payload
+        # (no reset) is presented only with `done_full`.
+        done_data = Signal(self.done_layout, reset_less=True)
+        m.d.comb += [self.done.valid.eq(done_full), self.done.payload.eq(done_data)]
         with m.If(self.done.ready):
             m.d.sync += done_full.eq(0)
         with m.If(finished):
-            m.d.sync += [done_full.eq(1), self.done.payload.tag.eq(job.tag),
-                         self.done.payload.error.eq(job.error)]
+            m.d.sync += [done_full.eq(1), done_data.tag.eq(job.tag),
+                         done_data.error.eq(job.error)]
 
         m.d.comb += [
             self.step.eq(array.a.valid & array.a.ready),

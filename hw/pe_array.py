@@ -131,10 +131,14 @@ class PEArray(wiring.Component):
         # between stage 2 and the end of their drain; the accumulators hand a finished tile to
         # the drain buffer, or, while that is still emptying, to a two-entry hold queue, which
         # therefore always has room.
+        # Datapath registers (operands, products, sums, accumulators, drain, hold and output data,
+        # and the `last` bits that travel with a valid) have no reset: a reset clears the valid and
+        # full flags, and `first`, which makes the next tile start from 0 instead of from `acc`,
+        # so no stale value is used. Only that control keeps a reset.
         s1_valid = Signal()
-        s1_last = Signal()
-        s1_a = Signal(self.a_layout.members["data"])
-        s1_b = Signal(self.b_layout)
+        s1_last = Signal(reset_less=True)
+        s1_a = Signal(self.a_layout.members["data"], reset_less=True)
+        s1_b = Signal(self.b_layout, reset_less=True)
         pending = Signal(range(4))      # last steps past stage 1 whose tile is not yet drained
         # `pending != 3`, in a register (loaded with the next count), so stage 1's enable, which
         # fans out to its registers and to the operand readers, is one LUT on flip-flops.
@@ -163,9 +167,9 @@ class PEArray(wiring.Component):
 
         # Stage 2: registered products, one per lane (the multiplier, DSP or LUTs, ends here).
         s2_valid = Signal()
-        s2_last = Signal()
+        s2_last = Signal(reset_less=True)
         s2_prod = Signal(data.ArrayLayout(data.ArrayLayout(
-            data.ArrayLayout(signed(16), L), C), R))
+            data.ArrayLayout(signed(16), L), C), R), reset_less=True)
         m.d.sync += [s2_valid.eq(s1_move), s2_last.eq(s1_last)]
         for r in range(R):
             for c in range(C):
@@ -189,29 +193,34 @@ class PEArray(wiring.Component):
                             sums = _tree_level(sums)
                     regs = []
                     for i, v in enumerate(sums):
-                        reg = Signal(v.shape(), name=f"t{depth}_r{r}c{c}_{i}")
+                        reg = Signal(v.shape(), name=f"t{depth}_r{r}c{c}_{i}", reset_less=True)
                         m.d.sync += reg.eq(v)
                         regs.append(reg)
                     row.append(regs)
                 nxt.append(row)
             terms = nxt
-            v_reg, l_reg = Signal(name=f"t{depth}_valid"), Signal(name=f"t{depth}_last")
+            v_reg = Signal(name=f"t{depth}_valid")
+            l_reg = Signal(name=f"t{depth}_last", reset_less=True)
             m.d.sync += [v_reg.eq(valid), l_reg.eq(last)]
             valid, last = v_reg, l_reg
             valids.append(valid)
         dot = [[terms[r][c][0] for c in range(C)] for r in range(R)]
 
         # Accumulators, the hold queue and the drain buffer.
-        acc = Signal(acc_layout)
+        acc = Signal(acc_layout, reset_less=True)     # used only when `first` is low
         first = Signal(init=1)
-        hold = [Signal(acc_layout, name=f"hold{i}") for i in range(2)]
+        hold = [Signal(acc_layout, name=f"hold{i}", reset_less=True) for i in range(2)]
         hold_full = [Signal(name=f"hold{i}_full") for i in range(2)]
-        drain = Signal(acc_layout)
+        drain = Signal(acc_layout, reset_less=True)
         drain_full = Signal()
-        drain_row = Signal(range(R))
+        drain_row = Signal(range(R), reset_less=True)   # set to 0 whenever the drain fills
         # Output register: a two-entry skid buffer, so ``o.ready`` reaches no further than it.
-        out_valid, out_last, out_data = Signal(), Signal(), Signal(row_layout)
-        skid_valid, skid_last, skid_data = Signal(), Signal(), Signal(row_layout)
+        out_valid = Signal(name="out_valid")
+        out_last = Signal(name="out_last", reset_less=True)
+        out_data = Signal(row_layout, name="out_data", reset_less=True)
+        skid_valid = Signal(name="skid_valid")
+        skid_last = Signal(name="skid_last", reset_less=True)
+        skid_data = Signal(row_layout, name="skid_data", reset_less=True)
         out_free = ~skid_valid
 
         drain_take = Signal()

@@ -172,15 +172,18 @@ class Requant(wiring.Component):
         C = self.cols
         prm = self.params
 
-        # Control that travels with each beat: valid/last and the per-tile scalars.
+        # Control that travels with each beat: the valid bit (the only reset register of a
+        # stage) and, without reset like the datapath, `last` and the per-tile scalars, which
+        # mean something only where the valid bit is set.
         # The clamp bounds relative to the zero point are precomputed here (9-bit subtractions in
         # stage 1, off the critical path), so that stage 8 compares beside the increment.
         ctl_layout = data.StructLayout({
-            "valid": 1, "last": 1, "raw": 1,
+            "last": 1, "raw": 1,
             "zero_point": signed(8), "act_min": signed(8), "act_max": signed(8),
             "min_rel": signed(9), "min_rel1": signed(10), "max_rel": signed(9), "max_wins": 1,
         })
-        ctl = [None] + [Signal(ctl_layout, name=f"s{k}_ctl")
+        valid = [None] + [Signal(name=f"s{k}_valid") for k in range(1, self.latency + 1)]
+        ctl = [None] + [Signal(ctl_layout, name=f"s{k}_ctl", reset_less=True)
                        for k in range(1, self.latency + 1)]
 
         def lanes(name, shape):
@@ -214,26 +217,26 @@ class Requant(wiring.Component):
         # stage N moves here. The enable is then a register (``~skid_valid``), so ``o.ready``
         # drives only the skid logic, not the clock enable of every pipeline register.
         skid_valid = Signal()
-        skid_last = Signal()
+        skid_last = Signal(reset_less=True)
         skid_data = lanes("skid_data", signed(32))
         en = Signal()
         m.d.comb += [
             en.eq(~skid_valid),
             self.i.ready.eq(en),
-            self.o.valid.eq(skid_valid | ctl[N].valid),
+            self.o.valid.eq(skid_valid | valid[N]),
             self.o.payload.data.eq(Mux(skid_valid, skid_data, s9_out)),
             self.o.payload.last.eq(Mux(skid_valid, skid_last, ctl[N].last)),
-            self.busy.eq(Cat(skid_valid, *(ctl[k].valid for k in range(1, N + 1))).any()),
+            self.busy.eq(Cat(skid_valid, *valid[1:]).any()),
         ]
         with m.If(skid_valid):
             with m.If(self.o.ready):
                 m.d.sync += skid_valid.eq(0)
-        with m.Elif(ctl[N].valid & ~self.o.ready):
+        with m.Elif(valid[N] & ~self.o.ready):
             m.d.sync += [skid_valid.eq(1), skid_last.eq(ctl[N].last), skid_data.eq(s9_out)]
 
         with m.If(en):
             m.d.sync += [
-                ctl[1].valid.eq(self.i.valid),
+                valid[1].eq(self.i.valid),
                 ctl[1].last.eq(self.i.payload.last),
                 ctl[1].raw.eq(prm.raw),
                 ctl[1].zero_point.eq(prm.zero_point),
@@ -244,6 +247,7 @@ class Requant(wiring.Component):
                 ctl[1].max_rel.eq(prm.act_max - prm.zero_point),
                 ctl[1].max_wins.eq(prm.act_min > prm.act_max),
             ]
+            m.d.sync += [valid[k].eq(valid[k - 1]) for k in range(2, N + 1)]
             m.d.sync += [ctl[k].eq(ctl[k - 1]) for k in range(2, N + 1)]
 
             for c in range(C):
