@@ -176,33 +176,6 @@ class _Reader(wiring.Component):
         return m
 
 
-class _DataSlice(SkidBuffer):
-    """:class:`SkidBuffer` whose payload registers (the output and skid registers) have no reset:
-    only their valid flags are reset, so a reset leaves no stale payload visible. Same ports,
-    same timing."""
-
-    def elaborate(self, platform):
-        m = Module()
-        i, o = self.i, self.o
-        o_valid, skid_valid = Signal(name="o_valid"), Signal(name="skid_valid")
-        o_data = Signal.like(i.payload, name="o_data", reset_less=True)
-        skid = Signal.like(i.payload, name="skid", reset_less=True)
-        m.d.comb += [
-            o.valid.eq(o_valid),
-            o.payload.eq(o_data),
-            i.ready.eq(~skid_valid),
-            self.busy.eq(o_valid | skid_valid),
-        ]
-        with m.If(~o_valid | o.ready):
-            with m.If(skid_valid):
-                m.d.sync += [o_valid.eq(1), o_data.eq(skid), skid_valid.eq(0)]
-            with m.Else():
-                m.d.sync += [o_valid.eq(i.valid), o_data.eq(i.payload)]
-        with m.Elif(i.valid & ~skid_valid):
-            m.d.sync += [skid_valid.eq(1), skid.eq(i.payload)]
-        return m
-
-
 class GemmEngine(wiring.Component):
     """Reads packed operands from the scratchpad, runs the PE array and writes INT32 rows back.
 
@@ -467,7 +440,7 @@ class GemmEngine(wiring.Component):
         # output stage's `last` (the end of a tile) and a registered last-tile flag.
         # The output stage's words reach the writer through a register slice, so that the
         # scratchpad's grant (`c_wr.req.ready`) ends there instead of stalling the output stage.
-        wq = m.submodules.wr_slice = _DataSlice(layout=rq.o.payload.shape())
+        wq = m.submodules.wr_slice = SkidBuffer(layout=rq.o.payload.shape())
         wiring.connect(m, rq.o, wq.i)
         ro = wq.o
         wr_valid = Signal()
