@@ -294,6 +294,36 @@ class GatherArbiter(wiring.Component):
         return m
 
 
+class _DataSkidBuffer(SkidBuffer):
+    """:class:`~hw.skid.SkidBuffer` whose two payload registers have no reset.
+
+    The same slice, cycle for cycle; only ``o.valid`` and the skid register's valid are reset.
+    The payload is read only under them (``o.payload`` under ``o.valid``), so its registers stay
+    off the reset net: the output register is an internal ``reset_less`` signal driving
+    ``o.payload``.
+    """
+
+    def elaborate(self, platform):
+        m = Module()
+        i, o = self.i, self.o
+        skid_valid = Signal()
+        skid = Signal.like(i.payload, reset_less=True)
+        head = Signal.like(o.payload, reset_less=True)
+        m.d.comb += [
+            o.payload.eq(head),
+            i.ready.eq(~skid_valid),
+            self.busy.eq(o.valid | skid_valid),
+        ]
+        with m.If(~o.valid | o.ready):
+            with m.If(skid_valid):
+                m.d.sync += [o.valid.eq(1), head.eq(skid), skid_valid.eq(0)]
+            with m.Else():
+                m.d.sync += [o.valid.eq(i.valid), head.eq(i.payload)]
+        with m.Elif(i.valid & ~skid_valid):
+            m.d.sync += [skid_valid.eq(1), skid.eq(i.payload)]
+        return m
+
+
 class _ListReader(wiring.Component):
     """Streams the elements of a packed list from consecutive scratchpad words.
 
@@ -333,7 +363,7 @@ class _ListReader(wiring.Component):
                      | (self.rsp_data.word_select(j, E) >= self.limit)
                      for j in range(flags))
         active = Signal()
-        addr = Signal.like(self.req.payload)
+        addr = Signal.like(self.req.payload, reset_less=True)      # loaded by `start`
         credit = Signal(range(self.DEPTH + 1))   # words requested and not yet consumed
         lane = Signal(range(per))
         issued = self.req.valid & self.req.ready
@@ -341,7 +371,7 @@ class _ListReader(wiring.Component):
         # The FIFO's head word in a register (refilled in the cycle it is consumed), so that the
         # consumer's decision starts at flip-flops and not at the FIFO's LUT-RAM output.
         head_valid = Signal()
-        head = Signal(8 * self.data_bytes + flags)
+        head = Signal(8 * self.data_bytes + flags, reset_less=True)    # qualified by head_valid
         with m.If(~head_valid | pop):
             m.d.sync += [head_valid.eq(buf.r_rdy), head.eq(buf.r_data)]
         m.d.comb += [
@@ -352,7 +382,7 @@ class _ListReader(wiring.Component):
             buf.r_en.eq(~head_valid | pop),
         ]
         # The element, selected from the head word, enters the output slice with its flags.
-        m.submodules.out = out = SkidBuffer(layout=self.o.payload.shape())
+        m.submodules.out = out = _DataSkidBuffer(layout=self.o.payload.shape())
         wiring.connect(m, out.o, wiring.flipped(self.o))
         elem = head.word_select(lane, E).as_signed()
         m.d.comb += [
@@ -415,28 +445,34 @@ class _MeanDivider(wiring.Component):
         RW = 32 + U + 1                       # a remainder shifted in, and its difference's sign
         odd = list(range(1, 1 << U, 2))       # stored multiples; the even ones are shifts
 
+        # Only the contexts' state (`st`, `cid`, `it`), the turns and `o_full` are reset. The
+        # lanes' registers have no reset: a load sets `neg`, `num`, `quo` and `n`, the PREP round
+        # trip the other multiples and (through `hot` = 1, `cand[0]` = 0) the remainder, and
+        # `o_data` is read only while `o_full`.
         def ctx(side):
             c = {
                 "st": Signal(2, name=f"st_{side}"), "cid": Signal(name=f"cid_{side}",
                                                                   init=side == "d"),
                 "it": Signal(range(cycles + 1), name=f"it_{side}"),
-                "neg": [Signal(name=f"neg{i}_{side}") for i in range(L)],
-                "num": [Signal(NB, name=f"num{i}_{side}") for i in range(L)],
-                "quo": [Signal(NB, name=f"quo{i}_{side}") for i in range(L)],
+                "neg": [Signal(name=f"neg{i}_{side}", reset_less=True) for i in range(L)],
+                "num": [Signal(NB, name=f"num{i}_{side}", reset_less=True) for i in range(L)],
+                "quo": [Signal(NB, name=f"quo{i}_{side}", reset_less=True) for i in range(L)],
                 # Per lane copies of the multiples j·n (odd j), so no register feeds every lane.
-                "mult": [{j: Signal(32 + U, name=f"mult{i}_{j}_{side}") for j in odd}
+                "mult": [{j: Signal(32 + U, name=f"mult{i}_{j}_{side}", reset_less=True)
+                          for j in odd}
                          for i in range(L)],
             }
             return c
 
         x, d = ctx("x"), ctx("d")
-        rem_x = [Signal(32, name=f"rem{i}_x") for i in range(L)]
-        cand_d = [[Signal(32, name=f"cand{i}_{j}_d") for j in range(1 << U)] for i in range(L)]
-        hot_d = [Signal(1 << U, name=f"hot{i}_d") for i in range(L)]
+        rem_x = [Signal(32, name=f"rem{i}_x", reset_less=True) for i in range(L)]
+        cand_d = [[Signal(32, name=f"cand{i}_{j}_d", reset_less=True) for j in range(1 << U)]
+                  for i in range(L)]
+        hot_d = [Signal(1 << U, name=f"hot{i}_d", reset_less=True) for i in range(L)]
         in_turn = Signal(init=1)              # the context (cid) that takes the next word
         out_turn = Signal(init=1)             # the context that gives the next result
         o_full = Signal()
-        o_data = Signal(32 * L)
+        o_data = Signal(32 * L, reset_less=True)
 
         def multiple(mults, j):
             """j·n from the stored odd multiples: an even j is a shifted odd one."""
@@ -532,6 +568,12 @@ class _Core(wiring.Component):
     Started by ``start`` with ``job`` held stable; reports ``finished`` (one cycle) with
     ``code``/``err_bag``/``err_pos``; ``quiet`` once no gather and no list read is in flight. The
     engine then resets it (``ResetInserter``) for the next job.
+
+    That reset is kept to the control: valid flags, states, pointers, counters and FIFO levels.
+    The datapath registers (payloads, operands, products, addresses and values carried along
+    with a valid, the divider's lanes) are ``reset_less``: each is loaded before it is read, or
+    read only under a valid flag that is reset, so after a clear (or a reset in the middle of a
+    job) no stale value is used. This keeps the wide registers off the clear's fanout.
     """
 
     def __init__(self, *, p, job_layout, ptr_layout):
@@ -605,8 +647,8 @@ class _Core(wiring.Component):
         # ---------------------------------------------------------------------------------
         # Completions: in order; remember the first failing slot.
         err_valid = Signal()
-        err_ptr = Signal(self.ptr_layout)
-        err_dma = Signal(3)
+        err_ptr = Signal(self.ptr_layout, reset_less=True)      # both qualified by err_valid
+        err_dma = Signal(3, reset_less=True)
         gd = self.gather_done
         m.d.comb += gd.ready.eq(1)
         with m.If(gd.valid):
@@ -635,7 +677,7 @@ class _Core(wiring.Component):
         # only loads the next request.
         lrd = self.list_rd
         lreq_valid = Signal()
-        lreq_addr = Signal(AW)
+        lreq_addr = Signal(AW, reset_less=True)
         lreq_who = Signal(3)                      # one-hot reader
         load = ~lreq_valid | lrd.req.ready
         pick = Signal(3)                          # fixed priority: indices, weights, lengths
@@ -679,13 +721,16 @@ class _Core(wiring.Component):
         iss_run = Signal()
         in_bag = Signal()
         bag = Signal(32)
-        cur_last = Signal(32)         # the current bag's length - 1
-        pos = Signal(32)
-        iss_err_bag = Signal(32)
-        iss_err_pos = Signal(32)
+        # `cur_last` and `pos` are loaded when a bag is entered (`in_bag`) and read only in it;
+        # the error's bag and position are loaded with the `_M_ERROR` entry the pooler reads
+        # them for; `s2_*` are qualified by `s2_valid`.
+        cur_last = Signal(32, reset_less=True)      # the current bag's length - 1
+        pos = Signal(32, reset_less=True)
+        iss_err_bag = Signal(32, reset_less=True)
+        iss_err_pos = Signal(32, reset_less=True)
         s2_valid = Signal()
-        s2_prod = Signal(p["addr_width"])
-        s2_sram = Signal(AW)
+        s2_prod = Signal(p["addr_width"], reset_less=True)
+        s2_sram = Signal(AW, reset_less=True)
         s2_tag = Signal(T)
         g = self.gather
         s2_free = ~s2_valid | g.ready
@@ -792,7 +837,7 @@ class _Core(wiring.Component):
         # The FIFO's head in a register (a one-entry slice refilled in the cycle it is taken): the
         # FIFO's LUT-RAM output then feeds only this register, not the pooler's decision.
         head_valid = Signal()
-        head_reg = Signal(meta_layout)
+        head_reg = Signal(meta_layout, reset_less=True)
         head_pop = Signal()
         head = head_reg
         m.d.comb += meta.r_en.eq(~head_valid | head_pop)
@@ -800,9 +845,9 @@ class _Core(wiring.Component):
             m.d.sync += [head_valid.eq(meta.r_rdy), head_reg.eq(meta.r_data)]
         kk = Signal(range(max_w + 1))
         # `kk == w - 1` and `kk == 0` as registered flags: `kk_left` counts the words after `kk`.
-        kk_left = Signal(range(max_w + 1))
-        wm1 = Signal(range(max_w + 1))
-        w_one = Signal()
+        kk_left = Signal(range(max_w + 1), reset_less=True)     # loaded by `start`
+        wm1 = Signal(range(max_w + 1), reset_less=True)         # follow the job every cycle
+        w_one = Signal(reset_less=True)
         m.d.sync += [wm1.eq(job.w - 1), w_one.eq(job.w == 1)]
         last_word = Signal()
         first_word = Signal(init=1)
@@ -812,8 +857,9 @@ class _Core(wiring.Component):
         cur_buf = Signal()
         busy = Signal(2)
         free_buf = Signal(2)          # drain: buffer read out (one-cycle pulses)
-        pool_err_bag = Signal(32)
-        pool_err_pos = Signal(32)
+        # Loaded with every abort token; read (`err_bag`/`err_pos`) only for its code.
+        pool_err_bag = Signal(32, reset_less=True)
+        pool_err_pos = Signal(32, reset_less=True)
 
         # The read address `_slot_word(ptr_r) + kk`, kept in a register (advanced with `kk` and
         # `ptr_r`) so that no adder sits in front of the scratchpad request and the bank clash.
@@ -850,7 +896,7 @@ class _Core(wiring.Component):
         # slice, and the decision waits only on the slice's registered `i.ready` (`adv`), never
         # on the grant. A token that reads nothing (empty bag, end, abort) leaves the register
         # in the next cycle.
-        sreq_q = m.submodules.slot_req = SkidBuffer(layout=data.StructLayout({
+        sreq_q = m.submodules.slot_req = _DataSkidBuffer(layout=data.StructLayout({
             "tok": tok_layout, "rd": 1, "addr": AW}))
         sreq_valid = sreq_q.o.valid
         sreq_rd = Signal()            # the token reads a slot word
@@ -952,10 +998,14 @@ class _Core(wiring.Component):
 
         # Tokens travel with the scratchpad read: READ_LATENCY stages, then A (products,
         # accumulator read) and B (accumulate, write; drain requests).
-        pipe = [Signal(tok_layout, name=f"tok_d{i}") for i in range(R)]
-        m.d.sync += [pipe[0].eq(sreq_tok), pipe[0].valid.eq(leave)]
-        for a, b in zip(pipe, pipe[1:]):
-            m.d.sync += b.eq(a)
+        # Only the valid bits (`tok_v*`) are reset; the tokens' fields (`pipe`, `tok_b`: their
+        # `valid` field is not used) and the products have no reset.
+        pipe = [Signal(tok_layout, name=f"tok_d{i}", reset_less=True) for i in range(R)]
+        pipe_v = [Signal(name=f"tok_v{i}") for i in range(R)]
+        m.d.sync += [pipe[0].eq(sreq_tok), pipe_v[0].eq(leave)]
+        for stages in (pipe, pipe_v):
+            for a, b in zip(stages, stages[1:]):
+                m.d.sync += b.eq(a)
         tok_a = pipe[-1]
         x = self.slot_rd.rsp.data
         prods = Signal(16 * D)
@@ -963,22 +1013,23 @@ class _Core(wiring.Component):
             m.d.comb += prods.word_select(lane, 16).eq(
                 x.word_select(lane, 8).as_signed() * tok_a.weight)
         m.d.comb += [acc_rd.addr.eq(Cat(tok_a.k[:wb_bits], tok_a.buf)), acc_rd.en.eq(1)]
-        tok_b = Signal(tok_layout)
-        prods_b = Signal(16 * D)
-        m.d.sync += [tok_b.eq(tok_a), prods_b.eq(prods)]
+        tok_b = Signal(tok_layout, reset_less=True)
+        tok_b_valid = Signal()
+        prods_b = Signal(16 * D, reset_less=True)
+        m.d.sync += [tok_b.eq(tok_a), tok_b_valid.eq(pipe_v[-1]), prods_b.eq(prods)]
         summed = Signal(acc_width)
         for lane in range(D):
             old = Mux(tok_b.first, 0, acc_rd.data.word_select(lane, 32))
             m.d.comb += summed.word_select(lane, 32).eq(
                 old + prods_b.word_select(lane, 16).as_signed())
-        is_word = tok_b.valid & (tok_b.kind == _K_BAG)
+        is_word = tok_b_valid & (tok_b.kind == _K_BAG)
         m.d.comb += [
             acc_wr.addr.eq(Cat(tok_b.k[:wb_bits], tok_b.buf)),
             acc_wr.data.eq(summed),
             acc_wr.en.eq(is_word),
         ]
         dreq = Signal(drain_layout)
-        b_push = tok_b.valid & ((tok_b.kind != _K_BAG) | tok_b.bag_end)
+        b_push = tok_b_valid & ((tok_b.kind != _K_BAG) | tok_b.bag_end)
         m.d.comb += [
             dreq.kind.eq(tok_b.kind), dreq.buf.eq(tok_b.buf), dreq.count.eq(tok_b.count),
             dreq.code.eq(tok_b.code),
@@ -1001,12 +1052,12 @@ class _Core(wiring.Component):
         dh = data.View(drain_layout, dq.r_data)
         sw = Signal(range(max_nsrc + 1))
         row_pushed = Signal()
-        dst = Signal(k + AW)
+        dst = Signal(k + AW, reset_less=True)       # loaded by `start`
         pend = Signal()
-        pend_q = Signal(2)
-        pend_zero = Signal()
-        pend_count = Signal(32)
-        pend_last = Signal()
+        pend_q = Signal(2, reset_less=True)         # the `pend_*` are qualified by `pend`
+        pend_zero = Signal(reset_less=True)
+        pend_count = Signal(32, reset_less=True)
+        pend_last = Signal(reset_less=True)
         rows_inflight = Signal(range(_ROWS_DEPTH + _OUT_DEPTH + 4))
         with m.If(self.start):
             m.d.sync += dst.eq(job.out_addr)
@@ -1105,10 +1156,12 @@ class _Core(wiring.Component):
             rq.params.act_max.eq(job.act_max), rq.params.raw.eq(0),
             rq.i.payload.data.eq(post_data), rq.i.payload.last.eq(post_last),
         ]
-        pk_asm = Signal(8 * D)        # the word being assembled
+        # The quarters of `pk_asm` above `pk_q` are stale (their bytes are past the row's end
+        # and masked); `pk_word` is qualified by `pk_full`.
+        pk_asm = Signal(8 * D, reset_less=True)     # the word being assembled
         pk_q = Signal(2)              # next quarter
         pk_full = Signal()
-        pk_word = Signal(8 * D)       # the packed word offered to the realigner
+        pk_word = Signal(8 * D, reset_less=True)    # the packed word offered to the realigner
         merged = Signal(8 * D)
         incoming = Cat(rq.o.payload.data[c][:8] for c in range(Q))
         for qq in range(4):
@@ -1283,19 +1336,23 @@ class EmbeddingBagEngine(wiring.Component):
         wiring.connect(m, wiring.flipped(self.dma_wr), core.dma_wr)
         # The bag left open by the last job (``cont_out``), for the next job's ``cont_in``.
         carry_valid = Signal()
-        carry = Signal.like(core.carry_out)
+        carry = Signal.like(core.carry_out, reset_less=True)    # qualified by carry_valid
         m.d.comb += core.carry_in.eq(carry)
 
-        job = Signal(self._job_layout)
-        tag = Signal(p["tag_width"])
+        # The job, its tag, the checks' intermediate values and the failing bag and position
+        # are loaded (in IDLE, CHECK to VERDICT, START or RUN) before they are used, and the
+        # completion's payload is qualified by `done_full`: none of them has a reset.
+        job = Signal(self._job_layout, reset_less=True)
+        tag = Signal(p["tag_width"], reset_less=True)
         code = Signal(ERR_WIDTH)
-        ebag = Signal(32)
-        epos = Signal(32)
-        span = Signal(32 + len(job.out_stride))
+        ebag = Signal(32, reset_less=True)
+        epos = Signal(32, reset_less=True)
+        span = Signal(32 + len(job.out_stride), reset_less=True)
         done_full = Signal()
+        done_payload = Signal(self.done_layout, reset_less=True)
         cancelling = Signal()
         m.d.comb += [core.job.eq(job), self.done.valid.eq(done_full),
-                     core.cancel.eq(cancelling)]
+                     self.done.payload.eq(done_payload), core.cancel.eq(cancelling)]
         with m.If(self.done.ready):
             m.d.sync += done_full.eq(0)
 
@@ -1307,8 +1364,8 @@ class EmbeddingBagEngine(wiring.Component):
         # The checks take four cycles (each one carry chain or a multiply deep): the end of
         # bag 0's output and the derived fields, the span of the other bags and the ring limit,
         # the end of the last bag's output, then both verdicts into registers.
-        end0 = Signal(len(job.out_addr) + 19)
-        total = Signal(len(span) + 2)
+        end0 = Signal(len(job.out_addr) + 19, reset_less=True)
+        total = Signal(len(span) + 2, reset_less=True)
         bad_form = Signal()
         bad_range = Signal()
         with m.FSM():
@@ -1376,8 +1433,8 @@ class EmbeddingBagEngine(wiring.Component):
                     m.next = "FINISH"
             with m.State("FINISH"):
                 with m.If(~done_full | self.done.ready):
-                    m.d.sync += [done_full.eq(1), cancelling.eq(0), self.done.payload.tag.eq(tag),
-                                 self.done.payload.error.eq(code)]
+                    m.d.sync += [done_full.eq(1), cancelling.eq(0), done_payload.tag.eq(tag),
+                                 done_payload.error.eq(code)]
                     with m.If(code != ERR_OK):
                         m.d.sync += [self.error_code.eq(code), self.error_bag.eq(ebag),
                                      self.error_pos.eq(epos)]
@@ -1443,16 +1500,19 @@ class EmbagCommands(wiring.Component):
         cid = self.cmd.payload.header.id
         is_table = args[3][31]
 
-        # Table registers.
-        t_addr, t_rows, t_stride = Signal(32), Signal(32), Signal(32)
-        t_dim = Signal(16)
+        # Table registers. Only `t_bad` (and `t_requant`) are reset: while `t_bad` is set the
+        # POOL commands are malformed (dim 0) whatever the others hold.
+        t_addr = Signal(32, reset_less=True)
+        t_rows = Signal(32, reset_less=True)
+        t_stride = Signal(32, reset_less=True)
+        t_dim = Signal(16, reset_less=True)
         t_requant = Signal()
-        t_mult = Signal(32)
-        t_scalars = Signal(32)
+        t_mult = Signal(32, reset_less=True)
+        t_scalars = Signal(32, reset_less=True)
         t_bad = Signal(init=1)          # no TABLE yet, or one with a bad field
 
         own_full = Signal()
-        own_tag = Signal(16)
+        own_tag = Signal(16, reset_less=True)       # qualified by own_full
         take_table = self.cmd.valid & is_table & ~self.eng_busy & ~own_full & \
             ~self.eng_done.valid
         shift = args[5][:8].as_signed()
