@@ -294,36 +294,6 @@ class GatherArbiter(wiring.Component):
         return m
 
 
-class _DataSkidBuffer(SkidBuffer):
-    """:class:`~hw.skid.SkidBuffer` whose two payload registers have no reset.
-
-    The same slice, cycle for cycle; only ``o.valid`` and the skid register's valid are reset.
-    The payload is read only under them (``o.payload`` under ``o.valid``), so its registers stay
-    off the reset net: the output register is an internal ``reset_less`` signal driving
-    ``o.payload``.
-    """
-
-    def elaborate(self, platform):
-        m = Module()
-        i, o = self.i, self.o
-        skid_valid = Signal()
-        skid = Signal.like(i.payload, reset_less=True)
-        head = Signal.like(o.payload, reset_less=True)
-        m.d.comb += [
-            o.payload.eq(head),
-            i.ready.eq(~skid_valid),
-            self.busy.eq(o.valid | skid_valid),
-        ]
-        with m.If(~o.valid | o.ready):
-            with m.If(skid_valid):
-                m.d.sync += [o.valid.eq(1), head.eq(skid), skid_valid.eq(0)]
-            with m.Else():
-                m.d.sync += [o.valid.eq(i.valid), head.eq(i.payload)]
-        with m.Elif(i.valid & ~skid_valid):
-            m.d.sync += [skid_valid.eq(1), skid.eq(i.payload)]
-        return m
-
-
 class _ListReader(wiring.Component):
     """Streams the elements of a packed list from consecutive scratchpad words.
 
@@ -382,7 +352,7 @@ class _ListReader(wiring.Component):
             buf.r_en.eq(~head_valid | pop),
         ]
         # The element, selected from the head word, enters the output slice with its flags.
-        m.submodules.out = out = _DataSkidBuffer(layout=self.o.payload.shape())
+        m.submodules.out = out = SkidBuffer(layout=self.o.payload.shape())
         wiring.connect(m, out.o, wiring.flipped(self.o))
         elem = head.word_select(lane, E).as_signed()
         m.d.comb += [
@@ -896,7 +866,7 @@ class _Core(wiring.Component):
         # slice, and the decision waits only on the slice's registered `i.ready` (`adv`), never
         # on the grant. A token that reads nothing (empty bag, end, abort) leaves the register
         # in the next cycle.
-        sreq_q = m.submodules.slot_req = _DataSkidBuffer(layout=data.StructLayout({
+        sreq_q = m.submodules.slot_req = SkidBuffer(layout=data.StructLayout({
             "tok": tok_layout, "rd": 1, "addr": AW}))
         sreq_valid = sreq_q.o.valid
         sreq_rd = Signal()            # the token reads a slot word
