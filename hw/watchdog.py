@@ -2,7 +2,7 @@
 
 Per queue, a counter runs while the queue's engine holds a command (``busy``) and restarts at
 every ``progress`` event of that engine (a completion, a data beat, an array step: the top level
-says what counts, ``hw/top.py``). When it reaches ``limit`` the watchdog raises ``error`` (one
+says what counts, ``hw/top.py``), one cycle after it (events are registered first). When it reaches ``limit`` the watchdog raises ``error`` (one
 cycle later, from registers) with the queue and that engine's oldest command id, for the command
 processor's sticky error (``ERR_WATCHDOG``). ``limit`` 0 turns it off. While ``halt`` is high (an
 error is already held) or on ``clear`` (the soft reset) every counter restarts.
@@ -67,13 +67,18 @@ class Watchdog(wiring.Component):
         last = Signal(32)
         on = Signal()
         m.d.sync += [last.eq(self.limit - 1), on.eq(self.limit != 0)]
+        # `progress` comes from engines' handshakes with the scratchpad's same-cycle grant (a
+        # routed path from the arbiter's carry chain into every counter's enable); it is
+        # registered first, so an event restarts its counter one cycle late.
+        progress = Signal(self.queues)
+        m.d.sync += progress.eq(self.progress)
         valid = Signal()
         qid = Signal(16)
         queue = Signal(4)
         m.d.sync += valid.eq(0)
         for q in reversed(range(self.queues)):      # the lowest queue wins a tie
             count = Signal(32, name=f"idle{q}")
-            idle = self.busy[q] & ~self.progress[q] & ~self.halt & ~self.clear & on
+            idle = self.busy[q] & ~progress[q] & ~self.halt & ~self.clear & on
             with m.If(idle):
                 m.d.sync += count.eq(count + 1)
             with m.Else():

@@ -185,7 +185,7 @@ def test_window_registers_host_only():
 
 def test_watchdog_timing():
     """The watchdog fires one cycle after the limit-th cycle without progress (its verdict is
-    registered), with the oldest command's id and the queue; progress, ``halt``, ``clear`` and
+    registered; progress events are registered too, so they count one cycle late), with the oldest command's id and the queue; progress, ``halt``, ``clear`` and
     limit 0 restart or stop it."""
     dut = Watchdog(queues=2, code=0x04)
     fired = []
@@ -212,9 +212,9 @@ def test_watchdog_timing():
     sim.add_clock(1e-6)
     sim.add_testbench(bench)
     sim.run()
-    # Progress at cycle 5 restarts the count: cycles 6..15 are the ten idle ones, and the
-    # registered verdict comes out in cycle 16.
-    assert fired[0] == (16, 1, 0x77, 0x04), fired
+    # Progress at cycle 5 is seen (registered) in cycle 6 and restarts the count there: cycles
+    # 7..16 are the ten idle ones, and the registered verdict comes out in cycle 17.
+    assert fired[0] == (17, 1, 0x77, 0x04), fired
     assert len(fired) == 1
 
 
