@@ -190,9 +190,9 @@ class CommandProcessor(wiring.Component):
         new_err_id = Signal(16)
         new_err_q = Signal(4)
         x_valid = Signal()
-        x_code = Signal(8)
-        x_id = Signal(16)
-        x_queue = Signal(4)
+        x_code = Signal(8, reset_less=True)
+        x_id = Signal(16, reset_less=True)
+        x_queue = Signal(4, reset_less=True)
         m.d.sync += [x_valid.eq(self.ext_error.valid), x_code.eq(self.ext_error.code),
                      x_id.eq(self.ext_error.id), x_queue.eq(self.ext_error.queue)]
         fails.append(self.ext_error.valid)
@@ -207,8 +207,8 @@ class CommandProcessor(wiring.Component):
                       for sem in (head.wait, head.signal, head.wait2, head.signal2)).any() | \
             ((head.wait == head.wait2) & (head.wait != SEM_NONE))
         known = Cat(head.opcode == opcode for opcode in self.opcodes).any()
-        p_cmd = Signal(cmd_layout)          # the pushed command
-        p_mask = Signal(N_SEMS)             # its waits as a mask of semaphores
+        p_cmd = Signal(cmd_layout, reset_less=True)     # the pushed command
+        p_mask = Signal(N_SEMS, reset_less=True)        # its waits as a mask of semaphores
         p_mine = Signal(nq)                 # the queue it enters (none for a bad header)
         p_err = Signal(8)                   # ERR_OPCODE / ERR_MALFORMED, or 0
         m.d.sync += [
@@ -224,7 +224,7 @@ class CommandProcessor(wiring.Component):
         inc = [[Signal(2, name=f"inc_q{q}_s{s}") for s in range(N_SEMS)] for q in range(nq)]
         dec = [Signal(N_SEMS, name=f"dec_q{q}") for q in range(nq)]
         ready = [Signal(name=f"ready_{q}") for q in range(nq)]
-        masks = [Signal(N_SEMS, name=f"head_mask_{q}") for q in range(nq)]
+        masks = [Signal(N_SEMS, name=f"head_mask_{q}", reset_less=True) for q in range(nq)]
         with m.If(p_err != 0):
             m.d.comb += [new_err.eq(p_err), new_err_id.eq(p_cmd.header.id), new_err_q.eq(0)]
         with m.If(x_valid):
@@ -258,7 +258,7 @@ class CommandProcessor(wiring.Component):
             # Head register: the queue's read data comes from LUT RAM, late in the cycle, so the
             # oldest entry is first moved into flip-flops (when the register is empty) and the
             # issue decision starts from them.
-            qhead = Signal(cmd_layout, name=f"head_{q}")
+            qhead = Signal(cmd_layout, name=f"head_{q}", reset_less=True)
             qmask = masks[q]
             head_full = Signal(name=f"head_full_{q}")
             m.d.comb += queue.r_en.eq(~head_full)
@@ -267,7 +267,7 @@ class CommandProcessor(wiring.Component):
 
             # Gate: the head moves into the issue register once its semaphores allow; the count is
             # taken at that moment, so `cmd.valid` never drops before `ready`.
-            cmd_reg = Signal(cmd_layout, name=f"issue_{q}")
+            cmd_reg = Signal(cmd_layout, name=f"issue_{q}", reset_less=True)
             cmd_full = Signal(name=f"issue_full_{q}")
             # A semaphore gives at most one count per cycle, to the lowest-numbered queue that is
             # ready to take it (`ready_q`: a head, its waits non-zero, room to issue), so two
@@ -325,17 +325,21 @@ class CommandProcessor(wiring.Component):
             c_valid = Signal(name=f"done_valid_{q}")
             c_settle = Signal(name=f"done_settle_{q}")
             m.d.sync += c_settle.eq(c_valid)
-            c_signals = Signal(2 * N_SEMS, name=f"done_signals_{q}")
-            c_id = Signal(16, name=f"done_id_{q}")
-            c_error = Signal(4, name=f"done_error_{q}")
+            # `c_signals` holds the bookkeeping entry's signal masks as read (reset-less); they
+            # count only while `c_valid` is set, so a clear drops a completion registered in
+            # the cycle of the clear.
+            c_signals = Signal(2 * N_SEMS, name=f"done_signals_{q}", reset_less=True)
+            c_id = Signal(16, name=f"done_id_{q}", reset_less=True)
+            c_error = Signal(4, name=f"done_error_{q}", reset_less=True)
             m.d.sync += [
                 c_valid.eq(completes),
-                c_signals.eq(track.r_data[:2 * N_SEMS] & completes.replicate(2 * N_SEMS)),
+                c_signals.eq(track.r_data[:2 * N_SEMS]),
                 c_id.eq(track.r_data[2 * N_SEMS:]),
                 c_error.eq(eng.done.payload.error),
             ]
             for s in range(N_SEMS):
-                m.d.comb += inc[q][s].eq(c_signals[s] + c_signals[N_SEMS + s])
+                m.d.comb += inc[q][s].eq((c_signals[s] & c_valid) +
+                                         (c_signals[N_SEMS + s] & c_valid))
             with m.If(c_settle):
                 m.d.sync += self.completed[q].eq(self.completed[q] + 1)
             with m.If(c_valid):
@@ -380,5 +384,11 @@ class CommandProcessor(wiring.Component):
                          self.error_queue.eq(new_err_q), halt.eq(1)]
         m.d.comb += self.irq.eq(halt)
 
-        # Soft reset: a synchronous reset of this whole block, FIFOs included.
+        # Soft reset: a synchronous reset of this whole block, FIFOs included, except for the
+        # datapath registers declared `reset_less` (the pushed command and its wait mask, the
+        # head and issue registers, the external error's and the completions' signal masks,
+        # code and id): each is read only while a reset valid flag (`p_mine`/`p_err`,
+        # `head_full_q`, `issue_full_q`, `x_valid`, `done_valid_q`) says it holds something.
+        # Semaphore counts, their pending increments (`sem_up_s`, added unconditionally),
+        # counters and the error are reset.
         return ResetInserter(self.clear)(m)

@@ -92,6 +92,12 @@ Response tracking
 All transactions use ID 0, so AXI returns R data and B responses in issue order; AxCACHE is
 ``0b0011`` (normal, non-cacheable, bufferable), AxPROT, AxLOCK and AxQOS are 0.
 
+Reset: only control state is reset (valid flags, counters, FIFO levels, the error
+accumulators). The datapath registers (descriptors and row walkers in the fronts, the burst
+splitters' rows and bursts, the realigners' rows, previous beats and output words, the write and
+read slices' payloads) are reset-less, so as not to load the reset net: each is written before
+it is read, or read only while a reset-cleared valid flag says it holds something.
+
 Throughput: one AR/AW per cycle, one R/W beat per cycle, one row per cycle; large transfers run
 at the full bus rate once ``outstanding·max_burst`` beats cover the DRAM latency.
 """
@@ -145,6 +151,34 @@ def _resp_error(resp):
     return Mux(resp == RESP_SLVERR, ERR_SLVERR, Mux(resp == RESP_DECERR, ERR_DECERR, ERR_OK))
 
 
+class _SkidBuffer(SkidBuffer):
+    """:class:`~hw.skid.SkidBuffer` whose two payload registers have no reset.
+
+    The same slice, cycle for cycle: only ``o.valid`` and the skid register's valid flag are
+    reset, and each payload register is read only while its flag is set.
+    """
+
+    def elaborate(self, platform):
+        m = Module()
+        i, o = self.i, self.o
+        skid_valid = Signal()
+        skid = Signal(i.payload.shape(), reset_less=True)
+        out = Signal(o.payload.shape(), reset_less=True)
+        m.d.comb += [
+            o.payload.eq(out),
+            i.ready.eq(~skid_valid),
+            self.busy.eq(o.valid | skid_valid),
+        ]
+        with m.If(~o.valid | o.ready):
+            with m.If(skid_valid):
+                m.d.sync += [o.valid.eq(1), out.eq(skid), skid_valid.eq(0)]
+            with m.Else():
+                m.d.sync += [o.valid.eq(i.valid), out.eq(i.payload)]
+        with m.Elif(i.valid & ~skid_valid):
+            m.d.sync += [skid_valid.eq(1), skid.eq(i.payload)]
+        return m
+
+
 class _Front(wiring.Component):
     """Descriptor check and row walker.
 
@@ -190,21 +224,26 @@ class _Front(wiring.Component):
 
         # Stage 1: the accepted descriptor, `rows - 1` and the end of its first row on each side
         # (registered adders).
+        # Only the valid flags (`q_valid`, `r_valid`, `busy`) and `desc_last` are reset: every
+        # other register of both stages and of the walker is loaded with the descriptor and only
+        # read while its stage's flag is set (reset-less datapath, see `DMA`).
         q_valid = Signal()
-        q = Signal(dl)
-        q_rm1 = Signal(ROWS_WIDTH)                        # rows - 1
+        q = Signal(dl, reset_less=True)
+        q_rm1 = Signal(ROWS_WIDTH, reset_less=True)       # rows - 1
         # Stage 2 (`r`): the same descriptor with its check's partial results (`c_*`), computed
         # from stage 1's registers as it moves on (`mv`): the spans of its rows (multiplies with
         # registered operands into registers) and the room left after its first row. Both
         # stages hold one descriptor each, so descriptors of one row still go through at one
         # per cycle.
         r_valid = Signal()
-        r = Signal(dl)
+        r = Signal(dl, reset_less=True)
         mv = Signal()
         aw = len(q.dram_addr)
-        sram_end = Signal(max(len(q.sram_addr), len(q.row_bytes)) + 1)  # first row's end
-        c_span = Signal(ROWS_WIDTH + len(q.sram_stride))  # (rows - 1) · sram_stride
-        c_room = Signal(signed(len(sram_end) + 1))        # sram_limit - first row's end
+        # `sram_end`: the first row's end; `c_span`: (rows - 1) · sram_stride; `c_room`:
+        # sram_limit - the first row's end.
+        sram_end = Signal(max(len(q.sram_addr), len(q.row_bytes)) + 1, reset_less=True)
+        c_span = Signal(ROWS_WIDTH + len(q.sram_stride), reset_less=True)
+        c_room = Signal(signed(len(sram_end) + 1), reset_less=True)
         with m.If(mv):
             m.d.sync += [
                 c_span.eq(q_rm1 * q.sram_stride),
@@ -223,12 +262,14 @@ class _Front(wiring.Component):
             # ROWS_WIDTH + aw + 3 bits: registers hold D, `A - base` and
             # `limit - (A + n - 1)`; from them, each bound is one aw-bit carry chain on D's low
             # bits and a test of D's upper bits (zero, or all ones for -2^aw <= D < 0).
-            dram_last = Signal(signed(aw + 2))               # A + n - 1, first row
+            dram_last = Signal(signed(aw + 2), reset_less=True)  # A + n - 1, first row
             with m.If(desc.valid & desc.ready):
                 m.d.sync += dram_last.eq(desc.payload.dram_addr + desc.payload.row_bytes - 1)
-            c_dspan = Signal(signed(ROWS_WIDTH + aw + 1))    # D
-            c_lo = Signal(signed(aw + 1))        # A - base: A >= base when non-negative
-            c_hi = Signal(signed(aw + 3))        # limit - (A + n - 1): first row within limit
+            c_dspan = Signal(signed(ROWS_WIDTH + aw + 1), reset_less=True)  # D
+            # A - base: A >= base when non-negative
+            c_lo = Signal(signed(aw + 1), reset_less=True)
+            # limit - (A + n - 1): first row within limit
+            c_hi = Signal(signed(aw + 3), reset_less=True)
             with m.If(mv):
                 m.d.sync += [
                     c_dspan.eq(q_rm1 * q.dram_stride.as_signed()),
@@ -249,14 +290,14 @@ class _Front(wiring.Component):
 
         # Stage 2: the row walker.
         busy = Signal()
-        da = Signal.like(q.dram_addr)
-        sa = Signal.like(q.sram_addr)
-        n = Signal.like(q.row_bytes)
-        left = Signal(ROWS_WIDTH)
-        ds = Signal.like(q.dram_stride)
-        ss = Signal.like(q.sram_stride)
-        tag = Signal.like(q.tag)
-        err = Signal(ERR_WIDTH)
+        da = Signal.like(q.dram_addr, reset_less=True)
+        sa = Signal.like(q.sram_addr, reset_less=True)
+        n = Signal.like(q.row_bytes, reset_less=True)
+        left = Signal(ROWS_WIDTH, reset_less=True)
+        ds = Signal.like(q.dram_stride, reset_less=True)
+        ss = Signal.like(q.sram_stride, reset_less=True)
+        tag = Signal.like(q.tag, reset_less=True)
+        err = Signal(ERR_WIDTH, reset_less=True)
 
         # `desc_last`: the row presented is the descriptor's last (or the descriptor is
         # rejected). A register, loaded with the next value as rows advance, so that `take`
@@ -360,18 +401,25 @@ class _Realigner(wiring.Component):
         # the previous one ends (or none is held), so no path starts at the row FIFO's output.
         # The step's flags are registers too, set when the row is loaded and updated from
         # down-counters as the step advances, so no comparison sits in front of the enables.
+        # The held row, its counters, the previous beat and the output word are reset-less:
+        # they are loaded with the row (or the word) and only read while `rv` (or `o.valid`)
+        # is set. The masked-off lanes of a first word may carry a stale `prev`, as they
+        # already do from one row to the next. The flags and `err_acc` keep their reset.
         rv = Signal()
-        row = Signal(self.row_layout)
+        row = Signal(self.row_layout, reset_less=True)
         reject = Signal()               # the held row is a rejected descriptor
         consume = Signal()              # this step takes a source beat (t < nin)
         produce = Signal()              # this step writes a destination word (t >= d)
         last = Signal()                 # last step of the row (t == steps - 1)
         first = Signal()                # first destination word of the row (t == d)
-        cin = Signal.like(row.nin)      # source beats left to take, nin - t
-        rem = Signal.like(row.steps)    # steps left after this one, steps - 1 - t
-        word = Signal.like(row.word)    # destination word of the next produced word
-        prev = Signal(8 * D)            # previous source beat, already rotated
+        cin = Signal.like(row.nin, reset_less=True)     # source beats left to take, nin - t
+        rem = Signal.like(row.steps, reset_less=True)   # steps left after this one, steps-1-t
+        word = Signal.like(row.word, reset_less=True)   # destination word of the next word
+        prev = Signal(8 * D, reset_less=True)           # previous source beat, rotated
         err_acc = Signal(ERR_WIDTH)     # first error of the current descriptor
+        # The output word's register (`o.payload` follows it).
+        ob = Signal(o.payload.shape(), reset_less=True)
+        m.d.comb += o.payload.eq(ob)
 
         out_free = Signal()
         m.d.comb += out_free.eq(~o.valid | o.ready)
@@ -435,11 +483,11 @@ class _Realigner(wiring.Component):
             with m.If(reject):
                 m.d.sync += [
                     o.valid.eq(1),
-                    o.payload.mask.eq(0),
-                    o.payload.row_last.eq(1),
-                    o.payload.desc_last.eq(1),
-                    o.payload.err.eq(row.err),
-                    o.payload.tag.eq(row.tag),
+                    ob.mask.eq(0),
+                    ob.row_last.eq(1),
+                    ob.desc_last.eq(1),
+                    ob.err.eq(row.err),
+                    ob.tag.eq(row.tag),
                 ]
             with m.Else():
                 m.d.sync += err_acc.eq(Mux(last & row.desc_last, ERR_OK, err_now))
@@ -448,13 +496,13 @@ class _Realigner(wiring.Component):
                 with m.If(produce):
                     m.d.sync += [
                         o.valid.eq(1),
-                        o.payload.data.eq(merged),
-                        o.payload.mask.eq(mask),
-                        o.payload.word.eq(word),
-                        o.payload.row_last.eq(last),
-                        o.payload.desc_last.eq(last & row.desc_last),
-                        o.payload.err.eq(err_now),
-                        o.payload.tag.eq(row.tag),
+                        ob.data.eq(merged),
+                        ob.mask.eq(mask),
+                        ob.word.eq(word),
+                        ob.row_last.eq(last),
+                        ob.desc_last.eq(last & row.desc_last),
+                        ob.err.eq(err_now),
+                        ob.tag.eq(row.tag),
                     ]
         with m.If(fire & ~reject & produce & ~load):
             m.d.sync += word.eq(word + 1)
@@ -614,12 +662,14 @@ class DMA(wiring.Component):
         pb = page_beats.bit_length() - 1
         mbb = MB.bit_length() - 1
         head = data.View(layout, fifo.r_data)
+        # Only `a_valid` and `b["valid"]` are reset: the rest of A is loaded with its row and
+        # of B with its burst, and read only while the flag is set.
         a_valid = Signal(name=f"{name}_a_valid")
-        a_row = Signal(layout, name=f"{name}_a_row")
-        a_rej = Signal(name=f"{name}_a_rej")
-        cur = Signal.like(head.wa, name=f"{name}_cur")
-        left = Signal.like(head.beats, name=f"{name}_left")
-        room = Signal(range(page_beats + 1), name=f"{name}_room")
+        a_row = Signal(layout, name=f"{name}_a_row", reset_less=True)
+        a_rej = Signal(name=f"{name}_a_rej", reset_less=True)
+        cur = Signal.like(head.wa, name=f"{name}_cur", reset_less=True)
+        left = Signal.like(head.beats, name=f"{name}_left", reset_less=True)
+        room = Signal(range(page_beats + 1), name=f"{name}_room", reset_less=True)
         to_page = Signal(name=f"{name}_to_page")   # room <= MB: the burst stops at the boundary
         last = Signal(name=f"{name}_last")
         len_m1 = Signal(range(max(MB, 2)), name=f"{name}_len_m1")
@@ -632,11 +682,11 @@ class DMA(wiring.Component):
         ]
         b = {
             "valid": Signal(name=f"{name}_b_valid"),
-            "addr": Signal(len(head.wa) + k, name=f"{name}_b_addr"),
-            "len_m1": Signal(range(max(MB, 2)), name=f"{name}_b_len_m1"),
-            "last": Signal(name=f"{name}_b_last"),
-            "row": Signal(layout, name=f"{name}_b_row"),
-            "reject": Signal(name=f"{name}_b_rej"),
+            "addr": Signal(len(head.wa) + k, name=f"{name}_b_addr", reset_less=True),
+            "len_m1": Signal(range(max(MB, 2)), name=f"{name}_b_len_m1", reset_less=True),
+            "last": Signal(name=f"{name}_b_last", reset_less=True),
+            "row": Signal(layout, name=f"{name}_b_row", reset_less=True),
+            "reject": Signal(name=f"{name}_b_rej", reset_less=True),
         }
         b_free = ~b["valid"] | take
         adv = a_valid & b_free
@@ -750,7 +800,7 @@ class DMA(wiring.Component):
         # The words wait in a register slice, so that the scratchpad's grant
         # (`sram_wr.req.ready`) ends there and does not run back through the realigner into the
         # R channel. A descriptor completes as its last word leaves the slice.
-        wslice = m.submodules.load_wr_slice = SkidBuffer(layout=realign.o.payload.shape())
+        wslice = m.submodules.load_wr_slice = _SkidBuffer(layout=realign.o.payload.shape())
         wiring.connect(m, realign.o, wslice.i)
         o = wslice.o
         write = o.payload.err == ERR_OK
@@ -852,7 +902,7 @@ class DMA(wiring.Component):
         rd = self.sram_rd
         # The requests reach the scratchpad through a register slice (its grant ends there);
         # `pending` counts them from the slice's input.
-        rq = m.submodules.store_rd_slice = SkidBuffer(layout=rd.req.payload.shape())
+        rq = m.submodules.store_rd_slice = _SkidBuffer(layout=rd.req.payload.shape())
         wiring.connect(m, rq.o, wiring.flipped(rd.req))
         rd_fire = rq.i.valid & rq.i.ready
         m.d.comb += [
