@@ -151,34 +151,6 @@ def _resp_error(resp):
     return Mux(resp == RESP_SLVERR, ERR_SLVERR, Mux(resp == RESP_DECERR, ERR_DECERR, ERR_OK))
 
 
-class _SkidBuffer(SkidBuffer):
-    """:class:`~hw.skid.SkidBuffer` whose two payload registers have no reset.
-
-    The same slice, cycle for cycle: only ``o.valid`` and the skid register's valid flag are
-    reset, and each payload register is read only while its flag is set.
-    """
-
-    def elaborate(self, platform):
-        m = Module()
-        i, o = self.i, self.o
-        skid_valid = Signal()
-        skid = Signal(i.payload.shape(), reset_less=True)
-        out = Signal(o.payload.shape(), reset_less=True)
-        m.d.comb += [
-            o.payload.eq(out),
-            i.ready.eq(~skid_valid),
-            self.busy.eq(o.valid | skid_valid),
-        ]
-        with m.If(~o.valid | o.ready):
-            with m.If(skid_valid):
-                m.d.sync += [o.valid.eq(1), out.eq(skid), skid_valid.eq(0)]
-            with m.Else():
-                m.d.sync += [o.valid.eq(i.valid), out.eq(i.payload)]
-        with m.Elif(i.valid & ~skid_valid):
-            m.d.sync += [skid_valid.eq(1), skid.eq(i.payload)]
-        return m
-
-
 class _Front(wiring.Component):
     """Descriptor check and row walker.
 
@@ -800,7 +772,7 @@ class DMA(wiring.Component):
         # The words wait in a register slice, so that the scratchpad's grant
         # (`sram_wr.req.ready`) ends there and does not run back through the realigner into the
         # R channel. A descriptor completes as its last word leaves the slice.
-        wslice = m.submodules.load_wr_slice = _SkidBuffer(layout=realign.o.payload.shape())
+        wslice = m.submodules.load_wr_slice = SkidBuffer(layout=realign.o.payload.shape())
         wiring.connect(m, realign.o, wslice.i)
         o = wslice.o
         write = o.payload.err == ERR_OK
@@ -902,7 +874,7 @@ class DMA(wiring.Component):
         rd = self.sram_rd
         # The requests reach the scratchpad through a register slice (its grant ends there);
         # `pending` counts them from the slice's input.
-        rq = m.submodules.store_rd_slice = _SkidBuffer(layout=rd.req.payload.shape())
+        rq = m.submodules.store_rd_slice = SkidBuffer(layout=rd.req.payload.shape())
         wiring.connect(m, rq.o, wiring.flipped(rd.req))
         rd_fire = rq.i.valid & rq.i.ready
         m.d.comb += [
