@@ -7,7 +7,6 @@ still work; host writes are not lost under back-to-back bursts and the core's re
 only after them. Plus parameter checks and a Verilator lint of each block.
 """
 
-import os
 import random
 
 import pytest
@@ -20,12 +19,6 @@ from sim.runner import generate_verilog, lint
 SYNC_PERIOD = 1e-8
 #: cpu-domain periods against the 10 ns ``sync`` clock: slower (unrelated), much slower, faster.
 CPU_PERIODS = {"cpu13": 1.3e-8, "cpu37": 3.7e-8, "cpu7": 0.7e-8}
-
-
-def _seed():
-    seed = int(os.environ.get("EMBER_SEED", random.randrange(1 << 32)))
-    print(f"EMBER_SEED={seed}")
-    return seed
 
 
 def _simulator(dut, cpu_period):
@@ -153,8 +146,8 @@ def _check_bridge(issued, answered, served, violations):
 
 
 @pytest.mark.parametrize("cpu", CPU_PERIODS)
-def test_bridge_random(cpu):
-    rng = random.Random(_seed())
+def test_bridge_random(cpu, seed):
+    rng = random.Random(seed)
     issued, answered, served, violations = _run_bridge(CPU_PERIODS[cpu], accesses=300,
                                                        p_drop=0.0, rng=rng)
     _check_bridge(issued, answered, served, violations)
@@ -164,10 +157,10 @@ def test_bridge_random(cpu):
 
 
 @pytest.mark.parametrize("cpu", CPU_PERIODS)
-def test_bridge_initiator_reset_mid_access(cpu):
+def test_bridge_initiator_reset_mid_access(cpu, seed):
     """The initiator abandons accesses at random points (a cpu_reset of the core): each still
     runs once on the target, its answer is not given to anyone, the next accesses are right."""
-    rng = random.Random(_seed())
+    rng = random.Random(seed)
     issued, answered, served, violations = _run_bridge(CPU_PERIODS[cpu], accesses=300,
                                                        p_drop=0.4, rng=rng)
     _check_bridge(issued, answered, served, violations)
@@ -300,8 +293,8 @@ def _run_host(cpu_period, *, bursts, rng):
 
 
 @pytest.mark.parametrize("cpu", CPU_PERIODS)
-def test_host_writes_not_lost(cpu):
-    rng = random.Random(_seed())
+def test_host_writes_not_lost(cpu, seed):
+    rng = random.Random(seed)
     sent, received, state = _run_host(CPU_PERIODS[cpu], bursts=4, rng=rng)
     assert len(sent) >= 80
     assert received == sent

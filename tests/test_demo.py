@@ -8,7 +8,6 @@ catch. ``test_demo_small_tiny`` is the reduced demo on the Verilator model (``ma
 
 import json
 import os
-import random
 
 import numpy as np
 import pytest
@@ -18,13 +17,6 @@ from sim import dlrm as D
 from sim.golden import ref_matmul
 from sim.golden_embag import ref_tbe, requantise
 from sim.golden_requant import ref_bias_add, ref_requant
-
-
-def _seed():
-    seed = int(os.environ["EMBER_SEED"]) if "EMBER_SEED" in os.environ else \
-        random.randrange(2**31)
-    print(f"seed {seed} (replay with EMBER_SEED={seed})")
-    return seed
 
 
 class GoldenDevice:
@@ -132,10 +124,9 @@ def test_quantised_model(name):
     assert all(t.dtype == np.int8 for t in qm.embeddings.tables)
 
 
-def test_interaction_layout():
+def test_interaction_layout(seed):
     """X·Xᵀ's diagonal blocks, selected by interaction_pairs, are each sample's pairwise dot
     products (computed here independently, in int64)."""
-    seed = _seed()
     rng = np.random.default_rng(seed)
     B, F, d = 5, 5, 7
     x = rng.integers(-128, 128, (B, d)).astype(np.int8)

@@ -5,7 +5,6 @@ accumulator value leaking out. The reset is a ``ResetInserter`` around the block
 engine's soft reset is in ``hw/top.py``; the simulator keeps reset-less registers' values over
 it, so stale values are really there."""
 
-import os
 import random
 
 import numpy as np
@@ -18,12 +17,6 @@ from hw.requant import Requant
 from sim.golden_requant import ref_bias_add, ref_requant
 
 
-def _seed():
-    seed = int(os.environ.get("EMBER_SEED", random.randrange(1 << 32)))
-    print(f"EMBER_SEED={seed}")
-    return seed
-
-
 def _run(dut, bench):
     sim = Simulator(dut)
     sim.add_clock(1e-6)
@@ -32,9 +25,9 @@ def _run(dut, bench):
 
 
 @pytest.mark.parametrize("rows, cols, lanes", [(2, 2, 4), (3, 2, 3)])
-def test_pe_array_reset_mid_traffic(rows, cols, lanes):
+def test_pe_array_reset_mid_traffic(rows, cols, lanes, seed):
     R, C, L = rows, cols, lanes
-    rng = random.Random(_seed())
+    rng = random.Random(seed)
     nrng = np.random.default_rng(rng.randrange(1 << 32))
     rst = Signal()
     arr = PEArray(rows=R, cols=C, lanes=L)
@@ -130,9 +123,9 @@ def test_pe_array_reset_mid_traffic(rows, cols, lanes):
 
 
 @pytest.mark.parametrize("cols", [2, 3])
-def test_requant_reset_mid_traffic(cols):
+def test_requant_reset_mid_traffic(cols, seed):
     C = cols
-    rng = random.Random(_seed())
+    rng = random.Random(seed)
     rst = Signal()
     rq = Requant(cols=C)
 
