@@ -23,9 +23,11 @@ Each bank does one access (a read or a byte-masked write) per cycle, like an FPG
 Clients that want the same bank in the same cycle are served round-robin: the bank's pointer moves
 past the client it granted, so every waiting client is served within ``ports`` cycles
 (starvation-free). A request is granted in the cycle it is presented (``req.ready`` is the grant).
-The granted request is registered, and the bank does the access in the next cycle: the grant
-logic and the block RAM's inputs are in different cycles (synth/README.md, "Issue 7"). Every
-access, read or write, is delayed alike, so accesses to a bank happen in grant order.
+The grant and every port's request are registered, and the bank does the access in the next
+cycle, selecting the granted port's registered request: the grant logic and the block RAM's
+inputs are in different cycles (synth/README.md, "Issue 7"), and the grant reaches no wide
+multiplexer (synth/README.md, "ninth round"). Every access, read or write, is delayed alike, so
+accesses to a bank happen in grant order.
 
 Read latency
 ------------
@@ -133,6 +135,12 @@ class Scratchpad(wiring.Component):
         # Response path registers: for each bank, one bit per port, set for the port whose read
         # the bank did last cycle (one-hot, so each port's hit is a flip-flop, not a compare).
         pend_hit = [Signal(P, name=f"pend_hit_{b}") for b in range(B)]
+        # Every port's request, registered each cycle without an enable or a reset: in the cycle
+        # after a grant it holds the granted request (a stream's payload is stable until taken).
+        preq = [Signal.like(port.req.payload, name=f"preq_{i}", reset_less=True)
+                for i, port in enumerate(ports)]
+        for i, port in enumerate(ports):
+            m.d.sync += preq[i].eq(port.req.payload)
         rdata = []
         grants = [[] for _ in range(P)]     # per port: its grant bit at each bank
 
@@ -163,19 +171,20 @@ class Scratchpad(wiring.Component):
                 m.d.comb += after.eq(~(grant | (grant - 1)))
                 m.d.sync += mask.eq(Mux(after.any(), after, (1 << P) - 1))
 
-            # The granted request is registered; the register drives the bank. The one-hot
-            # multiplexer is an AND-OR tree (not an if-chain, which would become a priority
-            # chain of P multiplexers). The request register has no reset: only `acc_grant`
-            # (which port, if any, the access is for) says whether it holds an access, so the
-            # reset net does not reach its ~150 bits.
-            sel = Signal.like(ports[0].req.payload, name=f"sel_{b}")
-            m.d.comb += sel.eq(_or_tree([Mux(grant[i], port.req.payload.as_value(), 0)
-                                         for i, port in enumerate(ports)]))
+            # The grant is registered (`acc_grant`: which port, if any, the bank serves next
+            # cycle), and so is every port's request (`preq`, above); in the next cycle the
+            # registered grant selects the registered request for the block RAM. The grant thus
+            # drives only `ready` and these few flip-flops, and the wide payload multiplexer runs
+            # between registers. The one-hot multiplexer is an AND-OR tree (not an if-chain,
+            # which would become a priority chain of P multiplexers).
             acc_grant = Signal(P, name=f"acc_grant_{b}")
             acc_valid = Signal(name=f"acc_valid_{b}")
-            acc = Signal.like(ports[0].req.payload, name=f"acc_{b}", reset_less=True)
-            m.d.sync += [acc_grant.eq(grant), acc.eq(sel)]
-            m.d.comb += acc_valid.eq(acc_grant.any())
+            acc = Signal.like(ports[0].req.payload, name=f"acc_{b}")
+            m.d.sync += acc_grant.eq(grant)
+            m.d.comb += [
+                acc.eq(_or_tree([Mux(acc_grant[i], preq[i].as_value(), 0) for i in range(P)])),
+                acc_valid.eq(acc_grant.any()),
+            ]
             row = acc.addr[:self.row_bits] if self.row_bits else 0
             m.d.comb += [
                 rd.addr.eq(row),
