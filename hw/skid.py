@@ -1,13 +1,20 @@
 """A two-entry stream register slice (skid buffer).
 
-It cuts every combinational path through a stream: its output valid and payload are registers,
-and so is its input ready. It passes one transfer per cycle with one cycle of latency. Ember
-puts one in front of the scratchpad ports whose clients do not count on a fixed read latency,
-so that the scratchpad's same-cycle grant (``req.ready``) ends at a register instead of running
-back into the client's data path (synth/README.md, "Issue 7").
+It cuts every combinational path through a stream: its output valid and its input ready are
+registers, and its output payload is one multiplexer after registers. It passes one transfer per
+cycle with one cycle of latency. Ember puts one in front of the scratchpad ports whose clients do
+not count on a fixed read latency, so that the scratchpad's same-cycle grant (``req.ready``) ends
+at a register instead of running back into the client's data path (synth/README.md, "Issue 7").
+
+It is a ring of two entries. Unlike a head-and-skid pair of registers, whose head register
+reloads whenever the output is taken, a ring writes its entries only from the input side: the
+output's ``ready`` (on the scratchpad, the grant) moves a read pointer and the level flags, and
+never reaches the enables of the payload registers (synth/README.md, "ninth round"). Amaranth's
+two-entry ``SyncFIFO`` is such a ring, but its ``r_rdy`` and ``w_rdy`` are compares of its level,
+a LUT after the flip-flops; here they are flip-flops, loaded with the next level's flags.
 """
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -15,11 +22,11 @@ __all__ = ["SkidBuffer"]
 
 
 class SkidBuffer(wiring.Component):
-    """Register slice of a stream: registered ``o.valid``, ``o.payload`` and ``i.ready``.
+    """Register slice of a stream: registered ``o.valid`` and ``i.ready``; ``o.payload`` is
+    one of two entry registers, chosen by a registered pointer.
 
-    The output register holds the head; the skid register catches the one transfer that
-    arrives in the cycle the output stalls (``i.ready`` is only a register, so it cannot drop
-    in that cycle). ``i.ready`` is high whenever the skid register is empty.
+    ``i.ready`` is high while fewer than two transfers are held, so the slice behaves, cycle for
+    cycle, like a head register with a skid register behind it.
 
     Parameters
     ----------
@@ -33,7 +40,7 @@ class SkidBuffer(wiring.Component):
     o : Out(stream.Signature(layout))
         Output stream, one cycle behind the input when it flows.
     busy : Out(1)
-        High while the slice holds a transfer (the output or the skid register is full).
+        High while the slice holds a transfer.
     """
 
     def __init__(self, *, layout):
@@ -49,22 +56,27 @@ class SkidBuffer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         i, o = self.i, self.o
-        skid_valid = Signal()
-        # The payload registers have no reset: the valid flags say when they hold a transfer.
-        skid = Signal.like(i.payload, reset_less=True)
-        head = Signal.like(o.payload, reset_less=True)
-        m.d.comb += o.payload.eq(head)
+        # The entries have no reset: the level says which of them hold transfers.
+        entries = [Signal.like(i.payload, reset_less=True, name=f"entry{n}") for n in range(2)]
+        wptr, rptr = Signal(), Signal()
+        level = Signal(range(3))
+        i_ready = Signal(init=1)
+        push = i.valid & i_ready
+        pop = o.valid & o.ready
+        level_next = Signal.like(level)
         m.d.comb += [
-            i.ready.eq(~skid_valid),
-            self.busy.eq(o.valid | skid_valid),
+            i.ready.eq(i_ready),
+            o.payload.eq(Mux(rptr, entries[1], entries[0])),
+            level_next.eq(level + push - pop),
+            self.busy.eq(o.valid),
         ]
-        with m.If(~o.valid | o.ready):
-            # The output register is free (or being taken): refill it, from the skid register
-            # first (no input is accepted while that is full).
-            with m.If(skid_valid):
-                m.d.sync += [o.valid.eq(1), head.eq(skid), skid_valid.eq(0)]
-            with m.Else():
-                m.d.sync += [o.valid.eq(i.valid), head.eq(i.payload)]
-        with m.Elif(i.valid & ~skid_valid):
-            m.d.sync += [skid_valid.eq(1), skid.eq(i.payload)]
+        with m.If(push):
+            m.d.sync += wptr.eq(~wptr)
+            for n, entry in enumerate(entries):
+                with m.If(wptr == n):
+                    m.d.sync += entry.eq(i.payload)
+        with m.If(pop):
+            m.d.sync += rptr.eq(~rptr)
+        m.d.sync += [level.eq(level_next), o.valid.eq(level_next != 0),
+                     i_ready.eq(level_next != 2)]
         return m
