@@ -767,26 +767,43 @@ class DMA(wiring.Component):
             realign.i.payload.err.eq(_resp_error(axi.rresp)),
             axi.rready.eq(realign.i.ready),
         ]
+        done_depth = 4
         done = m.submodules.load_done_fifo = SyncFIFOBuffered(width=self.done_layout.size,
-                                                              depth=4)
+                                                              depth=done_depth)
         # The words wait in a register slice, so that the scratchpad's grant
         # (`sram_wr.req.ready`) ends there and does not run back through the realigner into the
         # R channel. A descriptor completes as its last word leaves the slice.
-        wslice = m.submodules.load_wr_slice = SkidBuffer(layout=realign.o.payload.shape())
-        wiring.connect(m, realign.o, wslice.i)
-        o = wslice.o
-        write = o.payload.err == ERR_OK
-        done_ok = ~o.payload.desc_last | done.w_rdy
+        # `write` (not a rejected descriptor's word) is decided before the slice, so that the
+        # request's valid is one LUT after the slice's flip-flops.
+        wslice = m.submodules.load_wr_slice = SkidBuffer(layout=data.StructLayout({
+            "w": realign.o.payload.shape(), "write": 1}))
+        # The completion's room in `done` is taken when the last word enters the slice: `free`
+        # counts the entries of `done` neither filled nor promised to a last word in the slice.
+        # So the request leaving the slice never waits on `done`: its valid is the slice's, and
+        # the grant steers nothing but the slice (synth/README.md, "ninth round").
+        free = Signal(range(done_depth + 1), init=done_depth)
+        i_ok = ~realign.o.payload.desc_last | (free != 0)
+        m.d.comb += [
+            wslice.i.valid.eq(realign.o.valid & i_ok),
+            wslice.i.payload.w.eq(realign.o.payload),
+            wslice.i.payload.write.eq(realign.o.payload.err == ERR_OK),
+            realign.o.ready.eq(wslice.i.ready & i_ok),
+        ]
+        promised = wslice.i.valid & wslice.i.ready & realign.o.payload.desc_last
+        returned = self.load_done.valid & self.load_done.ready
+        m.d.sync += free.eq(free - promised + returned)
+        o, ow = wslice.o, wslice.o.payload.w
+        write = wslice.o.payload.write
         req = self.sram_wr.req
         m.d.comb += [
-            req.valid.eq(o.valid & write & done_ok),
-            req.payload.addr.eq(o.payload.word),
+            req.valid.eq(o.valid & write),
+            req.payload.addr.eq(ow.word),
             req.payload.we.eq(1),
-            req.payload.wdata.eq(o.payload.data),
-            req.payload.wmask.eq(o.payload.mask),
-            o.ready.eq((~write | req.ready) & done_ok),
-            done.w_en.eq(o.valid & o.ready & o.payload.desc_last),
-            done.w_data.eq(Cat(o.payload.tag, o.payload.err)),
+            req.payload.wdata.eq(ow.data),
+            req.payload.wmask.eq(ow.mask),
+            o.ready.eq(~write | req.ready),
+            done.w_en.eq(o.valid & o.ready & ow.desc_last),
+            done.w_data.eq(Cat(ow.tag, ow.err)),
             self.load_done.valid.eq(done.r_rdy),
             self.load_done.payload.eq(done.r_data),
             done.r_en.eq(self.load_done.ready),
