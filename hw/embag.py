@@ -1049,8 +1049,13 @@ class _Core(wiring.Component):
         m.submodules.out_q = out_q = fifo.SyncFIFOBuffered(width=out_layout.size,
                                                            depth=_OUT_DEPTH)
         oh = data.View(out_layout, out_q.r_data)
-        row_done = self.out_wr.req.valid & self.out_wr.req.ready & oh.row_last
+        # A row's last write, granted, is counted a cycle later (`row_done`, a register), so
+        # that the scratchpad's grant reaches one flip-flop here, not the counter's adder;
+        # `no_rows` is exact all the same.
+        row_done = Signal()
+        m.d.sync += row_done.eq(self.out_wr.req.valid & self.out_wr.req.ready & oh.row_last)
         m.d.sync += [rows_inflight.eq(rows_inflight + row_push - row_done), pend.eq(0)]
+        no_rows = (rows_inflight == 0) | ((rows_inflight == 1) & row_done)
         m.d.comb += [rows_q.w_en.eq(row_push),
                      acc_drain.addr.eq(Cat(sw[2:2 + wb_bits], dh.buf)), acc_drain.en.eq(1)]
         finished = Signal()
@@ -1068,7 +1073,7 @@ class _Core(wiring.Component):
                             m.d.comb += free_buf.bit_select(dh.buf, 1).eq(1)
                     with m.Else():
                         m.d.sync += [sw.eq(sw + 1), row_pushed.eq(1)]
-            with m.Elif(rows_inflight == 0):
+            with m.Elif(no_rows):
                 m.d.comb += [dq.r_en.eq(1), finished.eq(1)]
         src_in = Signal(src_layout)
         m.d.comb += [
