@@ -69,11 +69,11 @@ class _Reader(wiring.Component):
     column-tiles; "all": every tile, i.e. ``outer·inner·steps`` consecutive words). ``o`` carries
     the words in order, with ``last`` on each tile's final step. ``start`` is taken only while
     ``free``; the command then waits in a one-entry register until the current one has issued
-    its last read. ``idle``: no command held.
+    its last read. ``idle``: no command held and no read waiting for the scratchpad.
     """
 
-    # Credit for the read round trip: 3 cycles of scratchpad latency, 2 through the buffered FIFO,
-    # 1 to return the credit; 8 leaves slack.
+    # Credit for the read round trip: 1 cycle in the request slice, 3 of scratchpad latency, 2
+    # through the buffered FIFO, 1 to return the credit; 8 leaves slack.
     DEPTH = 8
 
     def __init__(self, *, addr_width, data_bytes, advance_on):
@@ -111,13 +111,21 @@ class _Reader(wiring.Component):
         addr = Signal(self.addr_width, reset_less=True)
         credit = Signal(range(self.DEPTH + 1))   # reads issued whose word is not yet popped
 
+        # The reads reach the scratchpad through a register slice: its grant (`rd.req.ready`)
+        # pops the slice and steers nothing else, and the reader's counters see only the slice's
+        # registered `i.ready` (synth/README.md, "ninth round"). A read's word then comes back
+        # READ_LATENCY cycles after its grant, which is no longer a fixed time after `issued`, so
+        # each read's `last` flag waits in `lasts` for its word.
+        m.submodules.req_slice = req = SkidBuffer(layout=self.rd.req.payload.shape())
+        wiring.connect(m, req.o, wiring.flipped(self.rd.req))
+        m.submodules.lasts = lasts = fifo.SyncFIFO(width=1, depth=self.DEPTH)
         last_step = s == steps - 1
         m.d.comb += [
-            self.rd.req.valid.eq(active & (credit < self.DEPTH)),
-            self.rd.req.payload.addr.eq(addr),
-            self.rd.req.payload.we.eq(0),
+            req.i.valid.eq(active & (credit < self.DEPTH)),
+            req.i.payload.addr.eq(addr),
+            req.i.payload.we.eq(0),
         ]
-        issued = self.rd.req.valid & self.rd.req.ready
+        issued = req.i.valid & req.i.ready
         with m.If(issued):
             with m.If(~last_step):
                 m.d.sync += [s.eq(s + 1), addr.eq(addr + 1)]
@@ -151,7 +159,8 @@ class _Reader(wiring.Component):
         nxt_inner = Signal(16, name="nxt_inner", reset_less=True)
         nxt_base = Signal(self.addr_width, reset_less=True)
         final = last_step & (j == inner - 1) & (i == outer - 1)
-        m.d.comb += [self.free.eq(~nxt_valid), self.idle.eq(~active & ~nxt_valid)]
+        m.d.comb += [self.free.eq(~nxt_valid),
+                     self.idle.eq(~active & ~nxt_valid & ~req.busy)]
         with m.If(nxt_valid & (~active | (issued & final))):
             m.d.sync += [active.eq(1), steps.eq(nxt_steps), outer.eq(nxt_outer),
                          inner.eq(nxt_inner), s.eq(0), i.eq(0), j.eq(0),
@@ -161,12 +170,14 @@ class _Reader(wiring.Component):
             m.d.sync += [nxt_valid.eq(1), nxt_steps.eq(self.steps), nxt_outer.eq(self.outer),
                          nxt_inner.eq(self.inner), nxt_base.eq(self.base)]
 
-        # The scratchpad answers exactly READ_LATENCY cycles later; carry `last` alongside.
-        last_pipe = Signal(Scratchpad.READ_LATENCY)
-        m.d.sync += last_pipe.eq(last_pipe << 1 | (issued & last_step))
+        # Responses come back in order: each takes the oldest `last` flag. At most DEPTH reads
+        # are in flight (`credit`), so `lasts` never overflows.
         m.d.comb += [
+            lasts.w_en.eq(issued),
+            lasts.w_data.eq(last_step),
+            lasts.r_en.eq(self.rd.rsp.valid),
             buf.w_en.eq(self.rd.rsp.valid),
-            buf.w_data.eq(self.rd.rsp.data | (last_pipe[-1] << (8 * self.data_bytes))),
+            buf.w_data.eq(self.rd.rsp.data | (lasts.r_data << (8 * self.data_bytes))),
             self.o.valid.eq(buf.r_rdy),
             self.o.payload.eq(buf.r_data),
             buf.r_en.eq(self.o.ready),
