@@ -413,7 +413,7 @@ _NET_DELAY = 0.9
 _SEQUENTIAL = ("TRELLIS_FF", "DP16KD", "TRELLIS_DPR16X4")
 
 
-def longest_path(netlist, top, *, budget_ns=10.0):
+def longest_path(netlist, top, *, budget_ns=10.0, block_budgets_ns=None):
     """The register-to-register path with the largest estimated delay in a synthesised netlist,
     before placement: ``_CELL_DELAY`` per cell plus ``_NET_DELAY`` per net (none along a carry
     chain). It finds in a minute the path that nextpnr reports after an hour of place and route,
@@ -423,7 +423,9 @@ def longest_path(netlist, top, *, budget_ns=10.0):
     and the ends of its own worst path, so that one run shows every block's standing, not only
     the worst one's. ``endpoints`` counts the sequential cells with a data input, and
     ``over_budget`` (also per block) those whose worst input is estimated above ``budget_ns``
-    (the clock period): how much of the design, not only which path, is too deep."""
+    (the clock period), or above ``block_budgets_ns[block]`` for a block on another clock (the
+    control core on ``cpu_clk``): how much of the design, not only which path, is too deep."""
+    block_budgets_ns = block_budgets_ns or {}
     mod = netlist["modules"][top]
     cells = mod["cells"]
     drivers, arrival, pred = {}, {}, {}
@@ -493,7 +495,7 @@ def longest_path(netlist, top, *, budget_ns=10.0):
                         per_block[block] = (t, name, b)
         if cell_worst is not None:
             endpoints[block] += 1
-            over[block] += cell_worst > budget_ns
+            over[block] += cell_worst > block_budgets_ns.get(block, budget_ns)
     if worst[1] is None:
         return None
     chain, b = [], worst[2]
@@ -503,6 +505,7 @@ def longest_path(netlist, top, *, budget_ns=10.0):
     start = drivers.get(b, (None,))[0]
     by_block = {block: {"estimate_ns": round(t, 1),
                         "start": drivers.get(origin(bit), (None,))[0], "end": end,
+                        "budget_ns": block_budgets_ns.get(block, budget_ns),
                         "endpoints": endpoints[block], "over_budget": over[block]}
                 for block, (t, end, bit) in sorted(per_block.items(), key=lambda kv: -kv[1][0])}
     return {"estimate_ns": round(worst[0], 1), "start": start, "end": worst[1],
@@ -893,7 +896,9 @@ def implement(top, sources, work, *, freq=100, seed=1, pe_macs="dsp", pe_module=
     netlist = json.loads((work / "synth.json").read_text())
     (work / "blocks.json").write_text(json.dumps(block_breakdown(netlist), indent=1) + "\n")
     (work / "logic_path.json").write_text(
-        json.dumps(longest_path(netlist, harness_name(top), budget_ns=1000 / freq), indent=1)
+        json.dumps(longest_path(netlist, harness_name(top), budget_ns=1000 / freq,
+                                block_budgets_ns={"cpu": 1000 / cpu_freq}
+                                if "cpu_clk" in harness["clocks"] else None), indent=1)
         + "\n")
     del netlist
     memories = parse_memories((work / "yosys.log").read_text(errors="replace"))

@@ -223,9 +223,12 @@ def test_longest_path_counts_registers_over_budget():
     assert path["endpoints"] == 4 and path["over_budget"] == 1
     assert path["by_block"]["b"]["over_budget"] == 1 and path["by_block"]["b"]["endpoints"] == 2
     assert path["by_block"]["a"] == {"estimate_ns": 2.5, "start": "dut.a.q0", "end": "dut.a.q1",
-                                     "endpoints": 2, "over_budget": 0}
-    assert flow.longest_path({"modules": {"m": {"cells": cells}}}, "m",
-                             budget_ns=2.0)["over_budget"] == 2
+                                     "budget_ns": 10.0, "endpoints": 2, "over_budget": 0}
+    netlist = {"modules": {"m": {"cells": cells}}}
+    assert flow.longest_path(netlist, "m", budget_ns=2.0)["over_budget"] == 2
+    # A block on a slower clock (the control core on cpu_clk) has its own budget.
+    slow_b = flow.longest_path(netlist, "m", budget_ns=2.0, block_budgets_ns={"b": 20.0})
+    assert slow_b["over_budget"] == 1 and slow_b["by_block"]["b"]["budget_ns"] == 20.0
 
 
 def test_flow_place_only(tmp_path):
