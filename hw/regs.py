@@ -50,7 +50,9 @@ class Registers(wiring.Component):
     sem_write : Out(Signature(valid, index, value))
         Semaphore writes.
     soft_reset : Out(1)
-        One-cycle pulse on a write of ``CTRL.SOFT_RESET``.
+        One-cycle pulse in the cycle after a write of ``CTRL.SOFT_RESET``: a flip-flop, since
+        it resets the GEMM engine and clears the command processor (thousands of flip-flops),
+        still before the write is acknowledged.
     cpu_reset : Out(1)
         ``CTRL.CPU_RESET``.
     imem_write : Out(host_write_signature(30))
@@ -177,6 +179,8 @@ class Registers(wiring.Component):
             readable[f"PERF_WAIT{q}"] = wait_cycles[q]
 
         perf_clear = Signal()
+        soft_reset_req = Signal()       # a write of CTRL.SOFT_RESET, this cycle
+        m.d.sync += self.soft_reset.eq(soft_reset_req)
         pushes = []
 
         for side in ("host", "fw"):
@@ -215,7 +219,7 @@ class Registers(wiring.Component):
                                     doorbell=doorbell, mailbox=mailbox, fw_status=fw_status,
                                     irq_status=irq_status, irq_enable=irq_enable,
                                     stage=stage, push=push, perf_clear=perf_clear,
-                                    job_args=job_args))
+                                    job_args=job_args, soft_reset=soft_reset_req))
                 if side == "host":
                     with m.Default():
                         in_imem = (offset >= regmap.IMEM_WINDOW) & \
@@ -342,7 +346,7 @@ class Registers(wiring.Component):
         v = locals_
         if name == "CTRL":
             m.d.sync += self.cpu_reset.eq(value[0])
-            m.d.comb += self.soft_reset.eq(value[1])
+            m.d.comb += v["soft_reset"].eq(value[1])
         elif name == "DOORBELL":
             m.d.sync += v["doorbell"].eq(v["doorbell"] + 1)
         elif name == "MAILBOX":
