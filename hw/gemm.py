@@ -94,16 +94,25 @@ class _Reader(wiring.Component):
         m = Module()
         m.submodules.fifo = buf = fifo.SyncFIFOBuffered(width=8 * self.data_bytes + 1,
                                                         depth=self.DEPTH)
-        # Only `active`, `nxt_valid`, `credit` and `last_pipe` are reset: the command's fields,
-        # the counters and the address are all loaded when a command starts (`active` rises),
-        # and nothing looks at them while `active` is low.
+        # Only `active`, `nxt_valid`, `credit` (and the slice's and `lasts`' levels) are reset:
+        # the command's fields, the counters and the address are all loaded when a command starts
+        # (`active` rises), and nothing looks at them while `active` is low.
+        # The three loop counters count down to zero, each with a registered "last" flag (set
+        # when the counter leaves 1, or at a start for a dimension of 1), so that the end of a
+        # tile and of the command are flip-flops, not compares of a count with a dimension
+        # minus one (synth/README.md, "ninth round").
         active = Signal()
         steps = Signal(16, name="steps", reset_less=True)
-        outer = Signal(16, name="outer", reset_less=True)
-        inner = Signal(16, name="inner", reset_less=True)
-        s = Signal(16, name="s", reset_less=True)
-        i = Signal(16, name="i", reset_less=True)
-        j = Signal(16, name="j", reset_less=True)
+        steps_m1 = Signal(16, name="steps_m1", reset_less=True)
+        inner_m1 = Signal(16, name="inner_m1", reset_less=True)
+        steps_one = Signal(name="steps_one", reset_less=True)
+        inner_one = Signal(name="inner_one", reset_less=True)
+        s_left = Signal(16, name="s_left", reset_less=True)
+        j_left = Signal(16, name="j_left", reset_less=True)
+        i_left = Signal(16, name="i_left", reset_less=True)
+        s_last = Signal(name="s_last", reset_less=True)
+        j_last = Signal(name="j_last", reset_less=True)
+        i_last = Signal(name="i_last", reset_less=True)
         base = Signal(self.addr_width, name="base", reset_less=True)
         tile = Signal(self.addr_width, name="tile", reset_less=True)
         # The request's address (`tile + s`) and valid are registers, so that the scratchpad's
@@ -119,7 +128,7 @@ class _Reader(wiring.Component):
         m.submodules.req_slice = req = SkidBuffer(layout=self.rd.req.payload.shape())
         wiring.connect(m, req.o, wiring.flipped(self.rd.req))
         m.submodules.lasts = lasts = fifo.SyncFIFO(width=1, depth=self.DEPTH)
-        last_step = s == steps - 1
+        last_step = s_last
         m.d.comb += [
             req.i.valid.eq(active & (credit < self.DEPTH)),
             req.i.payload.addr.eq(addr),
@@ -127,24 +136,24 @@ class _Reader(wiring.Component):
         ]
         issued = req.i.valid & req.i.ready
         with m.If(issued):
-            with m.If(~last_step):
-                m.d.sync += [s.eq(s + 1), addr.eq(addr + 1)]
+            with m.If(~s_last):
+                m.d.sync += [s_left.eq(s_left - 1), s_last.eq(s_left == 1), addr.eq(addr + 1)]
             with m.Else():
-                m.d.sync += s.eq(0)
-                with m.If(j != inner - 1):
-                    m.d.sync += j.eq(j + 1)
+                m.d.sync += [s_left.eq(steps_m1), s_last.eq(steps_one)]
+                with m.If(~j_last):
+                    m.d.sync += [j_left.eq(j_left - 1), j_last.eq(j_left == 1)]
                     if self.advance_on in ("inner", "all"):
                         m.d.sync += [tile.eq(tile + steps), addr.eq(tile + steps)]
                     else:
                         m.d.sync += addr.eq(tile)
                 with m.Else():
-                    m.d.sync += j.eq(0)
+                    m.d.sync += [j_left.eq(inner_m1), j_last.eq(inner_one)]
                     if self.advance_on == "inner":
                         m.d.sync += [tile.eq(base), addr.eq(base)]
                     else:   # "outer" and "all"
                         m.d.sync += [tile.eq(tile + steps), addr.eq(tile + steps)]
-                    with m.If(i != outer - 1):
-                        m.d.sync += i.eq(i + 1)
+                    with m.If(~i_last):
+                        m.d.sync += [i_left.eq(i_left - 1), i_last.eq(i_left == 1)]
                     with m.Else():
                         m.d.sync += active.eq(0)
 
@@ -152,23 +161,29 @@ class _Reader(wiring.Component):
         # read, so that commands follow each other with no bubble. `free` (room in that register)
         # and `idle` are registers: the scratchpad's grant steers only this reader's own state,
         # never the engine's `cmd.ready`. The start comes last, so it wins over the final read's
-        # updates.
+        # updates. Its dimensions are stored minus one, with "is one" flags.
         nxt_valid = Signal()
-        nxt_steps = Signal(16, name="nxt_steps", reset_less=True)
-        nxt_outer = Signal(16, name="nxt_outer", reset_less=True)
-        nxt_inner = Signal(16, name="nxt_inner", reset_less=True)
-        nxt_base = Signal(self.addr_width, reset_less=True)
-        final = last_step & (j == inner - 1) & (i == outer - 1)
+        nxt = Signal(data.StructLayout({
+            "steps": 16, "steps_m1": 16, "steps_one": 1, "inner_m1": 16, "inner_one": 1,
+            "outer_m1": 16, "outer_one": 1, "base": self.addr_width}), reset_less=True)
+        final = s_last & j_last & i_last
         m.d.comb += [self.free.eq(~nxt_valid),
                      self.idle.eq(~active & ~nxt_valid & ~req.busy)]
         with m.If(nxt_valid & (~active | (issued & final))):
-            m.d.sync += [active.eq(1), steps.eq(nxt_steps), outer.eq(nxt_outer),
-                         inner.eq(nxt_inner), s.eq(0), i.eq(0), j.eq(0),
-                         base.eq(nxt_base), tile.eq(nxt_base), addr.eq(nxt_base),
+            m.d.sync += [active.eq(1), steps.eq(nxt.steps), steps_m1.eq(nxt.steps_m1),
+                         steps_one.eq(nxt.steps_one), inner_m1.eq(nxt.inner_m1),
+                         inner_one.eq(nxt.inner_one),
+                         s_left.eq(nxt.steps_m1), s_last.eq(nxt.steps_one),
+                         j_left.eq(nxt.inner_m1), j_last.eq(nxt.inner_one),
+                         i_left.eq(nxt.outer_m1), i_last.eq(nxt.outer_one),
+                         base.eq(nxt.base), tile.eq(nxt.base), addr.eq(nxt.base),
                          nxt_valid.eq(0)]
         with m.If(self.start):
-            m.d.sync += [nxt_valid.eq(1), nxt_steps.eq(self.steps), nxt_outer.eq(self.outer),
-                         nxt_inner.eq(self.inner), nxt_base.eq(self.base)]
+            m.d.sync += [nxt_valid.eq(1), nxt.steps.eq(self.steps),
+                         nxt.steps_m1.eq(self.steps - 1), nxt.steps_one.eq(self.steps == 1),
+                         nxt.inner_m1.eq(self.inner - 1), nxt.inner_one.eq(self.inner == 1),
+                         nxt.outer_m1.eq(self.outer - 1), nxt.outer_one.eq(self.outer == 1),
+                         nxt.base.eq(self.base)]
 
         # Responses come back in order: each takes the oldest `last` flag. At most DEPTH reads
         # are in flight (`credit`), so `lasts` never overflows.
