@@ -88,8 +88,8 @@ the next command whatever it is.
 Structure
 ---------
 Issuer
-    Three list readers share one scratchpad port (``list_rd``, a request register loaded one
-    cycle ahead) and prefetch the lengths, indices and weights. Per row, the issuer checks the
+    Three list readers share one scratchpad port (``list_rd``, through a register slice) and
+    prefetch the lengths, indices and weights. Per row, the issuer checks the
     index against ``rows`` (an out-of-range index never becomes a DMA read), allocates a ring
     slot and emits a DMA load descriptor on
     ``gather`` (``dram_addr = table_addr + index·row_stride`` through one registered multiply,
@@ -642,40 +642,38 @@ class _Core(wiring.Component):
             idx_r.start.eq(self.start), wgt_r.start.eq(self.start & mode_w),
             len_r.start.eq(self.start),
         ]
-        # The request is a register (valid, address, reader), loaded one cycle ahead whenever
-        # it is empty or granted, so the scratchpad's arbiter sees registers only and its grant
-        # only loads the next request.
+        # The request goes through a register slice (address and one-hot reader): the
+        # scratchpad's arbiter sees registers only, its grant only pops the slice, and the
+        # readers see the slice's registered `i.ready`. A read's word comes back READ_LATENCY
+        # cycles after its grant, which is no longer a fixed time after the pick, so each
+        # granted read's reader waits in `list_who` for its word (in order).
         lrd = self.list_rd
-        lreq_valid = Signal()
-        lreq_addr = Signal(AW, reset_less=True)
-        lreq_who = Signal(3)                      # one-hot reader
-        load = ~lreq_valid | lrd.req.ready
+        m.submodules.list_req = lq = SkidBuffer(layout=data.StructLayout({"addr": AW,
+                                                                         "who": 3}))
+        m.submodules.list_who = who = fifo.SyncFIFO(width=3, depth=R + 1)
         pick = Signal(3)                          # fixed priority: indices, weights, lengths
-        m.d.comb += pick.eq(Mux(idx_r.req.valid, 0b001,
-                                Mux(wgt_r.req.valid, 0b010, Mux(len_r.req.valid, 0b100, 0))))
-        with m.If(load):
-            m.d.sync += [
-                lreq_valid.eq(pick.any()), lreq_who.eq(pick),
-                lreq_addr.eq(_or_tree([Mux(pick[n], rdr.req.payload, 0)
-                                       for n, rdr in enumerate(readers)])),
-            ]
         m.d.comb += [
-            lrd.req.valid.eq(lreq_valid),
-            lrd.req.payload.addr.eq(lreq_addr),
+            pick.eq(Mux(idx_r.req.valid, 0b001,
+                        Mux(wgt_r.req.valid, 0b010, Mux(len_r.req.valid, 0b100, 0)))),
+            lq.i.valid.eq(pick.any()),
+            lq.i.payload.who.eq(pick),
+            lq.i.payload.addr.eq(_or_tree([Mux(pick[n], rdr.req.payload, 0)
+                                           for n, rdr in enumerate(readers)])),
+            lrd.req.valid.eq(lq.o.valid),
+            lrd.req.payload.addr.eq(lq.o.payload.addr),
             lrd.req.payload.we.eq(0),
+            lq.o.ready.eq(lrd.req.ready),
+            who.w_en.eq(lq.o.valid & lrd.req.ready),
+            who.w_data.eq(lq.o.payload.who),
+            who.r_en.eq(lrd.rsp.valid),
         ]
-        lgrant = lrd.req.valid & lrd.req.ready
-        which_pipe = [Signal(3, name=f"list_pipe{i}") for i in range(R)]  # one-hot
         for n, rdr in enumerate(readers):
             m.d.comb += [
-                rdr.req.ready.eq(load & pick[n]),
-                rdr.rsp_valid.eq(lrd.rsp.valid & which_pipe[-1][n]),
+                rdr.req.ready.eq(lq.i.ready & pick[n]),
+                rdr.rsp_valid.eq(lrd.rsp.valid & who.r_data[n]),
                 rdr.rsp_data.eq(lrd.rsp.data),
             ]
-        m.d.sync += which_pipe[0].eq(Mux(lgrant, lreq_who, 0))
-        for a, b in zip(which_pipe, which_pipe[1:]):
-            m.d.sync += b.eq(a)
-        list_inflight = Cat(which_pipe).any()
+        list_inflight = lq.busy | who.r_rdy
 
         # ---------------------------------------------------------------------------------
         # Issuer.
