@@ -54,7 +54,7 @@ from amaranth.lib.wiring import In, Out
 from .pe_array import PEArray
 from .requant import Requant
 from .skid import SkidBuffer
-from .sram import Scratchpad, sram_port_signature
+from .sram import sram_port_signature
 
 __all__ = ["GemmEngine", "ERR_MALFORMED"]
 
