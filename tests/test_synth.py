@@ -165,6 +165,12 @@ def test_flow_end_to_end(tmp_path):
     json.dumps(result)
     text = flow.summary_text(result, tmp_path / "r.json")
     assert "SRAM banks in block RAM: yes" in text and "Fmax" in text
+    # The count of registers over the period is printed; "most in" only names blocks over it.
+    result["logic_path_estimate"] = path
+    text = flow.summary_text(result, tmp_path / "r.json")
+    line = next(t for t in text.splitlines() if "registers deeper than 10 ns" in t)
+    assert f"{path['over_budget']:,} of {path['endpoints']:,}" in line
+    assert ("; most in " in line) == (path["over_budget"] > 0)
 
 
 def test_over_capacity_is_reported_without_place_and_route():
