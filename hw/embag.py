@@ -125,17 +125,17 @@ Drain and writer
     with the divisor's multiples in parallel, one cycle, and the registered one-hot digit
     selects the next remainder the next cycle, so a cycle is one carry chain or one select.
 
-Why the ring alternates halves, and ``dma_wr``
+Why the ring alternates halves
     Every gathered word is written into the ring by the DMA and read back by the pooler, and a
     scratchpad bank does one access per cycle. If the two met in one bank, round-robin would give
     each half the cycles and cap the gather rate at 50% of the bus. So slots alternate between two
-    banks, and the pooler watches the DMA's scratchpad write request (``dma_wr``: its valid and
-    word address) and never asks for the bank the DMA is writing in that cycle: the DMA (and so
-    the AXI R channel) never waits for the pooler, and the pooler settles into reading one bank
-    while the DMA fills the other. ``dma_wr`` only affects timing: tied to 0 the engine is still
-    correct, it just competes with the DMA (measured on ``tiny``, dim 64, no latency: 0.79 of the
-    bus instead of 0.98). ``bank_words`` (the scratchpad's ``depth``) says how addresses map to
-    banks; the default ring (:func:`embag_params`) is the scratchpad's last two banks.
+    banks, and the pooler's reads (``slot_rd``) yield each bank to the DMA's writes in the
+    scratchpad (``Scratchpad(yields=...)``; the top sets it): the pooler is never granted the
+    bank the DMA is writing in that cycle, so the DMA (and so the AXI R channel) never waits for
+    the pooler, and the pooler settles into reading one bank while the DMA fills the other. This
+    only affects timing: without it the engine is still correct, it just competes with the DMA
+    (measured on ``tiny``, dim 64, no latency: 0.79 of the bus instead of 0.98). The default
+    ring (:func:`embag_params`) is the scratchpad's last two banks.
 
 Throughput: one descriptor per cycle, one slot word pooled per cycle, one output word per cycle
 (sum/weighted); mean costs about ``ceil(33 / div_steps) + 2`` cycles per output word. The bus is
@@ -198,7 +198,7 @@ def embag_params(config, **changes):
     params = dict(
         data_bytes=config.bus_bytes, addr_width=config.axi_addr_width,
         sram_addr_width=words.bit_length() - 1, sram_words=words,
-        bank_words=config.sram_depth, tag_width=16, max_dim=1024,
+        tag_width=16, max_dim=1024,
         ring_base=(config.sram_banks - 2) * config.sram_depth, ring_half=config.sram_depth,
         slots=256, div_steps=2,
     )
@@ -562,7 +562,6 @@ class _Core(wiring.Component):
             "list_rd": Out(port),
             "slot_rd": Out(port),
             "out_wr": Out(port),
-            "dma_wr": In(wiring.Signature({"valid": Out(1), "addr": Out(AW)})),
             "finished": Out(1),
             "code": Out(ERR_WIDTH),
             "err_bag": Out(32),
@@ -830,7 +829,7 @@ class _Core(wiring.Component):
         pool_err_pos = Signal(32, reset_less=True)
 
         # The read address `_slot_word(ptr_r) + kk`, kept in a register (advanced with `kk` and
-        # `ptr_r`) so that no adder sits in front of the scratchpad request and the bank clash.
+        # `ptr_r`) so that no adder sits in front of the scratchpad request.
         rd_addr = Signal(AW, init=p["ring_base"] % (1 << AW))
         # `completed` (ptr_r != ptr_c) and `failed` (err_valid & ptr_r == err_ptr) as registers,
         # loaded with their next values: `r_adv` (the pooler moves to the next slot) only selects
@@ -859,7 +858,7 @@ class _Core(wiring.Component):
         have_entry = head_valid & ~pool_halted
 
         # The next token is decided one cycle ahead into a request register (`sreq_*`): the
-        # scratchpad sees a registered valid and address (gated only by the DMA-bank clash). The
+        # scratchpad sees a registered valid and address. The
         # request register is the output of a register slice, so the grant only advances the
         # slice, and the decision waits only on the slice's registered `i.ready` (`adv`), never
         # on the grant. A token that reads nothing (empty bag, end, abort) leaves the register
@@ -870,12 +869,9 @@ class _Core(wiring.Component):
         sreq_rd = Signal()            # the token reads a slot word
         sreq_tok = sreq_q.o.payload.tok
         sreq_addr = sreq_q.o.payload.addr
-        bank_shift = p["bank_words"].bit_length() - 1
-        clash = self.dma_wr.valid & ((self.dma_wr.addr >> bank_shift)
-                                     == (sreq_addr >> bank_shift))
         m.d.comb += [
             sreq_rd.eq(sreq_valid & sreq_q.o.payload.rd),
-            self.slot_rd.req.valid.eq(sreq_rd & ~clash),
+            self.slot_rd.req.valid.eq(sreq_rd),
             self.slot_rd.req.payload.addr.eq(sreq_addr),
             self.slot_rd.req.payload.we.eq(0),
             sreq_q.o.ready.eq(~sreq_rd | self.slot_rd.req.ready),
@@ -1201,8 +1197,6 @@ class EmbeddingBagEngine(wiring.Component):
         Scratchpad word-address width.
     sram_words : int
         Scratchpad words (the output range check).
-    bank_words : int
-        Words per scratchpad bank (a power of two): how the pooler tells banks apart.
     tag_width : int
         Width of command tags, and of the tags on ``gather`` (the arbiter adds one bit).
     max_dim : int
@@ -1225,8 +1219,6 @@ class EmbeddingBagEngine(wiring.Component):
     gather_done : In(stream.Signature(DMA completion layout with ``tag_width``))
     list_rd, slot_rd, out_wr : Out(sram_port_signature(...))
         Scratchpad ports: list prefetch, ring reads, output writes.
-    dma_wr : In(Signature({valid, addr}))
-        The DMA's scratchpad write request (``sram_wr.req.valid`` and ``.payload.addr``).
     cancel : In(1)
         A pulse (e.g. the soft reset) stops the running job: no new gather is issued, bags
         already complete are written, every gather in flight is waited for, and the job completes
@@ -1238,13 +1230,12 @@ class EmbeddingBagEngine(wiring.Component):
     busy : Out(1)
     """
 
-    def __init__(self, *, data_bytes, addr_width, sram_addr_width, sram_words, bank_words,
+    def __init__(self, *, data_bytes, addr_width, sram_addr_width, sram_words,
                  tag_width=16, max_dim=1024, ring_base, ring_half, slots=256, div_steps=2):
         _check_int("data_bytes", data_bytes, 8, 64, pow2=True)
         _check_int("addr_width", addr_width, 32, 64)
         _check_int("sram_addr_width", sram_addr_width, 1, 32)
         _check_int("sram_words", sram_words, 1, 1 << sram_addr_width)
-        _check_int("bank_words", bank_words, 1, 1 << sram_addr_width, pow2=True)
         _check_int("tag_width", tag_width, 1, 31)
         _check_int("max_dim", max_dim, 1, 65535)
         _check_int("ring_half", ring_half, 1, sram_words)
@@ -1257,7 +1248,7 @@ class EmbeddingBagEngine(wiring.Component):
                              f"{ring_half}")
         self.p = dict(data_bytes=data_bytes, addr_width=addr_width,
                       sram_addr_width=sram_addr_width, sram_words=sram_words,
-                      bank_words=bank_words, tag_width=tag_width, max_dim=max_dim,
+                      tag_width=tag_width, max_dim=max_dim,
                       ring_base=ring_base, ring_half=ring_half, slots=slots, div_steps=div_steps)
         SB = sram_addr_width + data_bytes.bit_length() - 1
         self.cmd_layout = data.StructLayout({
@@ -1288,7 +1279,6 @@ class EmbeddingBagEngine(wiring.Component):
             "list_rd": Out(port),
             "slot_rd": Out(port),
             "out_wr": Out(port),
-            "dma_wr": In(wiring.Signature({"valid": Out(1), "addr": Out(sram_addr_width)})),
             "cancel": In(1),
             "error_code": Out(ERR_WIDTH),
             "error_bag": Out(32),
@@ -1306,7 +1296,6 @@ class EmbeddingBagEngine(wiring.Component):
         for name in ("gather", "list_rd", "slot_rd", "out_wr"):
             wiring.connect(m, getattr(core, name), wiring.flipped(getattr(self, name)))
         wiring.connect(m, wiring.flipped(self.gather_done), core.gather_done)
-        wiring.connect(m, wiring.flipped(self.dma_wr), core.dma_wr)
         # The bag left open by the last job (``cont_out``), for the next job's ``cont_in``.
         carry_valid = Signal()
         carry = Signal.like(core.carry_out, reset_less=True)    # qualified by carry_valid

@@ -22,12 +22,22 @@ Arbitration
 Each bank does one access (a read or a byte-masked write) per cycle, like an FPGA block RAM port.
 Clients that want the same bank in the same cycle are served round-robin: the bank's pointer moves
 past the client it granted, so every waiting client is served within ``ports`` cycles
-(starvation-free). A request is granted in the cycle it is presented (``req.ready`` is the grant).
+(starvation-free; a yielding port, below, only while the port it yields to leaves the bank
+free). A request is granted in the cycle it is presented (``req.ready`` is the grant).
 The grant and every port's request are registered, and the bank does the access in the next
 cycle, selecting the granted port's registered request: the grant logic and the block RAM's
 inputs are in different cycles (synth/README.md, "Issue 7"), and the grant reaches no wide
 multiplexer (synth/README.md, "ninth round"). Every access, read or write, is delayed alike, so
 accesses to a bank happen in grant order.
+
+Yielding ports
+--------------
+``yields`` maps a port to one it gives way to: a port that yields does not compete for a bank
+that the other port asks for in the same cycle, and is served there only when that port does not
+ask (a fixed priority between those two; round-robin among the rest). The embedding-bag engine's
+slot reads yield to the DMA's writes, so that gathered rows stream into the ring at the bus rate
+(``hw/embag.py``, "Why the ring alternates halves"). The rule sits beside the arbiter, where both
+requests are registers, not in front of the client's request.
 
 Read latency
 ------------
@@ -98,6 +108,8 @@ class Scratchpad(wiring.Component):
         Word width in bytes.
     ports : int
         Number of client ports.
+    yields : dict of int to int
+        ``{low: high}``: port ``low`` yields each bank to port ``high`` (see above). Default none.
 
     Members
     -------
@@ -107,13 +119,27 @@ class Scratchpad(wiring.Component):
 
     READ_LATENCY = 3
 
-    def __init__(self, *, banks, depth, data_bytes, ports):
+    def __init__(self, *, banks, depth, data_bytes, ports, yields=None):
         for name, value in (("banks", banks), ("depth", depth), ("data_bytes", data_bytes),
                             ("ports", ports)):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"{name} must be an integer, not {value!r}")
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, not {value!r}")
+        yields = {} if yields is None else yields
+        if not isinstance(yields, dict):
+            raise TypeError(f"yields must be a dict of port to port, not {yields!r}")
+        for low, high in yields.items():
+            for value in (low, high):
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise TypeError(f"yields must map port numbers, not {yields!r}")
+                if not 0 <= value < ports:
+                    raise ValueError(f"yields names port {value!r}, which is not in "
+                                     f"[0, {ports!r})")
+            if low == high or high in yields:
+                raise ValueError(f"yields must map a port to another that yields to none, "
+                                 f"not {yields!r}")
+        self.yields = dict(yields)
         self.bank_bits = _log2(banks, "banks")
         self.row_bits = _log2(depth, "depth")
         self.banks, self.depth, self.data_bytes, self.nports = banks, depth, data_bytes, ports
@@ -155,9 +181,13 @@ class Scratchpad(wiring.Component):
             # is kept as a mask of the ports at or after it (all ones for pointer 0), so the grant
             # is two lowest-set-bit picks (`x & -x`, a carry chain) and a multiplexer, not a
             # priority chain per pointer value.
-            want = Signal(P, name=f"want_{b}")
+            asks = [Signal(name=f"ask_{b}_{i}") for i in range(P)]
             for i, port in enumerate(ports):
-                m.d.comb += want[i].eq(port.req.valid & (bank_of(port) == b))
+                m.d.comb += asks[i].eq(port.req.valid & (bank_of(port) == b))
+            want = Signal(P, name=f"want_{b}")
+            for i in range(P):
+                high = self.yields.get(i)
+                m.d.comb += want[i].eq(asks[i] if high is None else asks[i] & ~asks[high])
             mask = Signal(P, name=f"rr_{b}", init=(1 << P) - 1)
             masked = Signal(P, name=f"masked_{b}")
             grant = Signal(P, name=f"grant_{b}")

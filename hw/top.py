@@ -56,7 +56,7 @@ position are the registers ``EMBAG_ERR_BAG`` and ``EMBAG_ERR_POS``.
 
 Scratchpad ports: 0 DMA write (loads), 1 DMA read (stores), 2 GEMM A, 3 GEMM B, 4 GEMM results,
 5 GEMM parameters, 6 GEMM partial sums, 7 embedding-bag lists, 8 embedding-bag ring reads,
-9 embedding-bag outputs.
+9 embedding-bag outputs. Port 8 yields each bank to port 0 (the gathered rows' writes).
 
 ``CTRL.SOFT_RESET`` clears the command processor and resets the GEMM engine (the responses to
 its scratchpad reads still in flight are dropped). The scratchpad is not reset: it keeps its
@@ -119,6 +119,9 @@ __all__ = ["Ember", "build_top", "BLOCKS"]
 TAG_WIDTH = 16
 #: Scratchpad ports: the clients `Ember` connects (DMA 2, GEMM engine 5, embedding engine 3).
 SRAM_PORTS = 10
+#: The embedding-bag engine's ring reads (port 8) yield each bank to the DMA's writes (port 0):
+#: `Scratchpad`'s ``yields``; see hw/embag.py, "Why the ring alternates halves".
+SRAM_YIELDS = {8: 0}
 
 
 def _sram_addr_width(cfg):
@@ -143,7 +146,8 @@ BLOCKS = {
         addr_width=_sram_addr_width(cfg), tag_width=TAG_WIDTH),
     "embag": lambda cfg: EmbeddingBagEngine(**embag_params(cfg, tag_width=TAG_WIDTH)),
     "sram": lambda cfg: Scratchpad(banks=cfg.sram_banks, depth=cfg.sram_depth,
-                                   data_bytes=cfg.bus_bytes, ports=SRAM_PORTS),
+                                   data_bytes=cfg.bus_bytes, ports=SRAM_PORTS,
+                                   yields=SRAM_YIELDS),
 }
 
 
@@ -363,8 +367,6 @@ class Ember(wiring.Component):
             embag_cmds.eng_busy.eq(embag.busy),
             embag_cmds.clear.eq(regs.soft_reset),
             embag.cancel.eq(regs.soft_reset),
-            embag.dma_wr.valid.eq(dma.sram_wr.req.valid),
-            embag.dma_wr.addr.eq(dma.sram_wr.req.payload.addr),
             regs.embag_err_bag.eq(embag.error_bag),
             regs.embag_err_pos.eq(embag.error_pos),
         ]

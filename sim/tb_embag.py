@@ -913,8 +913,8 @@ async def performance(dut):
     for fig in figures:
         # Latency 0: rows stream back to back; the job's fixed costs (the first row's round
         # trip, the last bag's output) are a few percent of these jobs: >= 0.9. (Without the
-        # pooler's dma_wr bank check this drops to about 0.79 on tiny: ring reads and DMA writes
-        # then share a bank half the time.)
+        # ring reads yielding to the DMA's writes, Scratchpad's `yields`, this drops to about
+        # 0.79 on tiny: ring reads and DMA writes then share a bank half the time.)
         # Latency 100: at least 90% of the Little's-law bound.
         want = 0.9 if fig["latency"] == 0 else 0.9 * fig["littles_law_bound"]
         assert fig["fraction_of_bus"] >= want, (fig, want)

@@ -38,7 +38,8 @@ class EmbagHarness(wiring.Component):
     - The DMA's ``store`` queue is passed through (tag bit ``TAG`` = 0).
     - One scratchpad, ports: 0 DMA writes, 1 DMA reads, 2 engine lists, 3 engine ring reads,
       4 engine output writes, 5 ``dbg`` (the testbench's whole-scratchpad access).
-    - The engine sees the DMA's scratchpad write requests (``dma_wr``).
+    - The engine's ring reads (port 3) yield each bank to the DMA's writes (port 0), as in the
+      top.
 
     Members
     -------
@@ -91,7 +92,7 @@ class EmbagHarness(wiring.Component):
             outstanding=cfg.dma_outstanding, max_burst=cfg.dma_max_burst, sram_addr_width=AW,
             sram_words=p["sram_words"], tag_width=TAG + 1)
         m.submodules.sram = sram = Scratchpad(banks=cfg.sram_banks, depth=cfg.sram_depth,
-                                              data_bytes=D, ports=6)
+                                              data_bytes=D, ports=6, yields={3: 0})
 
         wiring.connect(m, wiring.flipped(self.cmd), eng.cmd)
         wiring.connect(m, eng.done, wiring.flipped(self.done))
@@ -116,8 +117,6 @@ class EmbagHarness(wiring.Component):
             wiring.connect(m, client, sram.ports[port])
         wiring.connect(m, wiring.flipped(self.dbg), sram.ports[5])
         m.d.comb += [
-            eng.dma_wr.valid.eq(dma.sram_wr.req.valid),
-            eng.dma_wr.addr.eq(dma.sram_wr.req.payload.addr),
             eng.cancel.eq(self.cancel),
             self.error_code.eq(eng.error_code),
             self.error_bag.eq(eng.error_bag),
@@ -316,7 +315,7 @@ def test_golden_slots():
 # ---------------------------------------------------------------------------------------------
 # Hardware: parameters, layouts, lint
 
-GOOD = dict(data_bytes=8, addr_width=32, sram_addr_width=11, sram_words=2048, bank_words=256,
+GOOD = dict(data_bytes=8, addr_width=32, sram_addr_width=11, sram_words=2048,
             tag_width=16, max_dim=1024, ring_base=1536, ring_half=256, slots=256, div_steps=4)
 
 
@@ -325,7 +324,6 @@ GOOD = dict(data_bytes=8, addr_width=32, sram_addr_width=11, sram_words=2048, ba
     ({"data_bytes": 4}, ValueError, r"data_bytes must be in \[8, 64\], not 4"),
     ({"addr_width": 31}, ValueError, r"addr_width must be in \[32, 64\], not 31"),
     ({"sram_words": 4096}, ValueError, r"sram_words must be in \[1, 2048\], not 4096"),
-    ({"bank_words": 100}, ValueError, "bank_words must be a power of two, not 100"),
     ({"tag_width": 0}, ValueError, r"tag_width must be in \[1, 31\], not 0"),
     ({"max_dim": 0}, ValueError, r"max_dim must be in \[1, 65535\], not 0"),
     ({"max_dim": 2049}, ValueError, "a row of max_dim = 2049 bytes needs 257 words"),
@@ -385,9 +383,9 @@ def test_embag_lint_clean(preset, tmp_path):
 
 
 @pytest.mark.parametrize("changes", [
-    dict(data_bytes=64, addr_width=64, sram_addr_width=15, sram_words=20000, bank_words=2048,
+    dict(data_bytes=64, addr_width=64, sram_addr_width=15, sram_words=20000,
          tag_width=8, max_dim=40, ring_base=100, ring_half=3, slots=4, div_steps=1),
-    dict(data_bytes=16, addr_width=40, sram_addr_width=9, sram_words=512, bank_words=64,
+    dict(data_bytes=16, addr_width=40, sram_addr_width=9, sram_words=512,
          tag_width=1, max_dim=1, ring_base=0, ring_half=1, slots=5, div_steps=4),
 ], ids=["odd", "smallest"])
 def test_bare_engine_lint_clean(changes, tmp_path):
