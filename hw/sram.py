@@ -196,9 +196,13 @@ class Scratchpad(wiring.Component):
                 grant.eq(Mux(masked.any(), masked & -masked, want & -want)[:P]),
             ]
             with m.If(want.any()):
-                # The ports after the granted one; none after the last means pointer 0.
+                # The ports after the granted one; none after the last means pointer 0. The bits
+                # above the lowest set bit of x are ~(x ^ (x - 1)), taken of `masked` and `want`
+                # in parallel with the picks, not of the grant after them (one carry chain from
+                # the requests to the pointer instead of two in a row).
                 after = Signal(P, name=f"after_{b}")
-                m.d.comb += after.eq(~(grant | (grant - 1)))
+                m.d.comb += after.eq(Mux(masked.any(), ~(masked ^ (masked - 1)),
+                                         ~(want ^ (want - 1)))[:P])
                 m.d.sync += mask.eq(Mux(after.any(), after, (1 << P) - 1))
 
             # The grant is registered (`acc_grant`: which port, if any, the bank serves next
