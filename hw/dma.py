@@ -121,9 +121,8 @@ ERR_OK, ERR_SLVERR, ERR_DECERR, ERR_RANGE, ERR_MALFORMED, ERR_WINDOW = 0, 1, 2, 
 ERR_WIDTH = 3
 ROWS_WIDTH = 16
 # Scratchpad words of read data the store path may have requested and not yet consumed: enough
-# to cover the request slice, the port's own slice in the scratchpad (hw/top.py buffers it) and
-# the read latency at one word per cycle.
-_STORE_READ_BUFFER = 8
+# to cover the request slice and the read latency at one word per cycle.
+_STORE_READ_BUFFER = 6
 _AXCACHE = 0b0011
 
 

@@ -649,9 +649,7 @@ class _Core(wiring.Component):
         lrd = self.list_rd
         m.submodules.list_req = lq = SkidBuffer(layout=data.StructLayout({"addr": AW,
                                                                          "who": 3}))
-        # At most READ_LATENCY + 1 reads between grant and word, and two more waiting in the
-        # port's own slice when the top buffers the port (hw/top.py, SRAM_BUFFERED).
-        m.submodules.list_who = who = fifo.SyncFIFO(width=3, depth=R + 3)
+        m.submodules.list_who = who = fifo.SyncFIFO(width=3, depth=R + 1)
         pick = Signal(3)                          # fixed priority: indices, weights, lengths
         m.d.comb += [
             pick.eq(Mux(idx_r.req.valid, 0b001,

@@ -39,35 +39,18 @@ slot reads yield to the DMA's writes, so that gathered rows stream into the ring
 (``hw/embag.py``, "Why the ring alternates halves"). The rule sits beside the arbiter, where both
 requests are registers, not in front of the client's request.
 
-Buffered ports
---------------
-A port named in ``buffered`` enters the scratchpad through a register slice of its own
-(:class:`~hw.skid.SkidBuffer`) in front of the arbiter: the client's ``req.ready`` is then the
-slice's registered ``i.ready``, and the arbiter picks among the slices' registered outputs. The
-pick and the grant, which look at every port's request at a bank, then run between registers of
-the scratchpad itself, and a client's request meets the others only there: no path carries a
-long wire to the arbiter and another back to a different client (synth/README.md, "tenth
-round"). The price is one cycle, and that the read data come back a variable time after the
-client's request (in order, READ_LATENCY cycles after the grant, which the client no longer
-sees), so only clients that take their words whenever they come may be buffered. ``flush``
-empties the slices of the ports in ``flushable`` (the GEMM engine's, on its soft reset); reads
-already granted still return their data.
-
 Read latency
 ------------
 Exactly :data:`Scratchpad.READ_LATENCY` = 3 cycles: a read granted in cycle t has its data on the
-client's ``rsp`` in cycle t+3 (for a buffered port, t is when its slice is granted, at least one
-cycle after the client's request) (one cycle in the request register, one in the block RAM, one in the
+client's ``rsp`` in cycle t+3 (one cycle in the request register, one in the block RAM, one in the
 output register of the crossbar). Responses come back in request order and cannot be refused, so
 a client issues a read only when it can take the data.
 """
 
-from amaranth.hdl import Const, Module, Mux, ResetInserter, Signal
+from amaranth.hdl import Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
-
-from .skid import SkidBuffer
 
 __all__ = ["sram_port_signature", "Scratchpad"]
 
@@ -88,8 +71,7 @@ def sram_port_signature(*, addr_width, data_bytes):
         mask ``wmask`` (bit i enables byte i). ``ready`` is the grant.
     rsp : In(Signature(valid, data))
         Read data: ``rsp.valid`` is high with ``rsp.data`` exactly
-        :data:`Scratchpad.READ_LATENCY` cycles after each granted read (on a buffered port,
-        after the grant of its slice; in request order). It cannot be refused.
+        :data:`Scratchpad.READ_LATENCY` cycles after each granted read. It cannot be refused.
     """
     return wiring.Signature({
         "req": Out(stream.Signature(data.StructLayout({
@@ -128,23 +110,16 @@ class Scratchpad(wiring.Component):
         Number of client ports.
     yields : dict of int to int
         ``{low: high}``: port ``low`` yields each bank to port ``high`` (see above). Default none.
-    buffered : iterable of int
-        Ports that enter through a register slice of their own (see above). Default none.
-    flushable : iterable of int
-        Buffered ports whose slices ``flush`` empties. Default none.
 
     Members
     -------
     ports : In(sram_port_signature(...)).array(ports)
         Client ports; lower indices have no priority over higher ones.
-    flush : In(1)
-        Empties the slices of the ``flushable`` ports at the end of the cycle.
     """
 
     READ_LATENCY = 3
 
-    def __init__(self, *, banks, depth, data_bytes, ports, yields=None, buffered=(),
-                 flushable=()):
+    def __init__(self, *, banks, depth, data_bytes, ports, yields=None):
         for name, value in (("banks", banks), ("depth", depth), ("data_bytes", data_bytes),
                             ("ports", ports)):
             if isinstance(value, bool) or not isinstance(value, int):
@@ -165,59 +140,33 @@ class Scratchpad(wiring.Component):
                 raise ValueError(f"yields must map a port to another that yields to none, "
                                  f"not {yields!r}")
         self.yields = dict(yields)
-        for name, group in (("buffered", buffered), ("flushable", flushable)):
-            if isinstance(group, (str, bytes, dict)) or not hasattr(group, "__iter__"):
-                raise TypeError(f"{name} must be an iterable of port numbers, not {group!r}")
-            for value in group:
-                if isinstance(value, bool) or not isinstance(value, int):
-                    raise TypeError(f"{name} must hold port numbers, not {value!r}")
-                if not 0 <= value < ports:
-                    raise ValueError(f"{name} names port {value!r}, which is not in "
-                                     f"[0, {ports!r})")
-        self.buffered = frozenset(buffered)
-        self.flushable = frozenset(flushable)
-        if not self.flushable <= self.buffered:
-            raise ValueError(f"flushable ports must be buffered: {sorted(self.flushable)!r} "
-                             f"against buffered {sorted(self.buffered)!r}")
         self.bank_bits = _log2(banks, "banks")
         self.row_bits = _log2(depth, "depth")
         self.banks, self.depth, self.data_bytes, self.nports = banks, depth, data_bytes, ports
         self.addr_width = max(self.bank_bits + self.row_bits, 1)
         self.port_signature = sram_port_signature(addr_width=self.addr_width,
                                                   data_bytes=data_bytes)
-        super().__init__({"ports": In(self.port_signature).array(ports), "flush": In(1)})
+        super().__init__({"ports": In(self.port_signature).array(ports)})
 
     def elaborate(self, platform):
         m = Module()
         P, B = self.nports, self.banks
-        # What the arbiter sees of each port's request: the port itself, or the output of the
-        # port's own slice.
-        reqs = []
-        for i, port in enumerate(self.ports):
-            if i in self.buffered:
-                slice_ = SkidBuffer(layout=port.req.payload.shape())
-                if i in self.flushable:
-                    slice_ = ResetInserter(self.flush)(slice_)
-                m.submodules[f"in{i}"] = slice_
-                wiring.connect(m, wiring.flipped(port.req), slice_.i)
-                reqs.append(slice_.o)
-            else:
-                reqs.append(port.req)
+        ports = self.ports
 
-        def bank_of(req):
+        def bank_of(port):
             if self.bank_bits == 0:
                 return 0
-            return req.payload.addr[self.row_bits:self.row_bits + self.bank_bits]
+            return port.req.payload.addr[self.row_bits:self.row_bits + self.bank_bits]
 
         # Response path registers: for each bank, one bit per port, set for the port whose read
         # the bank did last cycle (one-hot, so each port's hit is a flip-flop, not a compare).
         pend_hit = [Signal(P, name=f"pend_hit_{b}") for b in range(B)]
         # Every port's request, registered each cycle without an enable or a reset: in the cycle
         # after a grant it holds the granted request (a stream's payload is stable until taken).
-        preq = [Signal.like(req.payload, name=f"preq_{i}", reset_less=True)
-                for i, req in enumerate(reqs)]
-        for i, req in enumerate(reqs):
-            m.d.sync += preq[i].eq(req.payload)
+        preq = [Signal.like(port.req.payload, name=f"preq_{i}", reset_less=True)
+                for i, port in enumerate(ports)]
+        for i, port in enumerate(ports):
+            m.d.sync += preq[i].eq(port.req.payload)
         rdata = []
         grants = [[] for _ in range(P)]     # per port: its grant bit at each bank
 
@@ -233,8 +182,8 @@ class Scratchpad(wiring.Component):
             # is two lowest-set-bit picks (`x & -x`, a carry chain) and a multiplexer, not a
             # priority chain per pointer value.
             asks = [Signal(name=f"ask_{b}_{i}") for i in range(P)]
-            for i, req in enumerate(reqs):
-                m.d.comb += asks[i].eq(req.valid & (bank_of(req) == b))
+            for i, port in enumerate(ports):
+                m.d.comb += asks[i].eq(port.req.valid & (bank_of(port) == b))
             want = Signal(P, name=f"want_{b}")
             for i in range(P):
                 high = self.yields.get(i)
@@ -264,7 +213,7 @@ class Scratchpad(wiring.Component):
             # which would become a priority chain of P multiplexers).
             acc_grant = Signal(P, name=f"acc_grant_{b}")
             acc_valid = Signal(name=f"acc_valid_{b}")
-            acc = Signal.like(reqs[0].payload, name=f"acc_{b}")
+            acc = Signal.like(ports[0].req.payload, name=f"acc_{b}")
             m.d.sync += acc_grant.eq(grant)
             m.d.comb += [
                 acc.eq(_or_tree([Mux(acc_grant[i], preq[i].as_value(), 0) for i in range(P)])),
@@ -281,15 +230,15 @@ class Scratchpad(wiring.Component):
                 m.d.comb += wr.en.eq(acc.wmask)
             m.d.sync += pend_hit[b].eq(Mux(acc.we, 0, acc_grant))
 
-            for i in range(P):
+            for i, port in enumerate(ports):
                 grants[i].append(grant[i])
 
-        for i, req in enumerate(reqs):
-            m.d.comb += req.ready.eq(_or_tree(grants[i]))
+        for i, port in enumerate(ports):
+            m.d.comb += port.req.ready.eq(_or_tree(grants[i]))
 
         # Crossbar back to the ports, registered: data reach the client at t+3. The data
         # register has no reset (`rsp.valid` says when it means something).
-        for i, port in enumerate(self.ports):
+        for i, port in enumerate(ports):
             valid_next = Signal(name=f"rsp_valid_next_{i}")
             data_next = Signal(8 * self.data_bytes, name=f"rsp_data_next_{i}")
             data_q = Signal(8 * self.data_bytes, name=f"rsp_data_{i}", reset_less=True)

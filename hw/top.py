@@ -56,9 +56,7 @@ position are the registers ``EMBAG_ERR_BAG`` and ``EMBAG_ERR_POS``.
 
 Scratchpad ports: 0 DMA write (loads), 1 DMA read (stores), 2 GEMM A, 3 GEMM B, 4 GEMM results,
 5 GEMM parameters, 6 GEMM partial sums, 7 embedding-bag lists, 8 embedding-bag ring reads,
-9 embedding-bag outputs. Port 8 yields each bank to port 0 (the gathered rows' writes). Ports 1,
-2, 3, 5, 6 and 7 enter through slices of their own, so their requests meet the others only
-inside the scratchpad (hw/sram.py, "Buffered ports").
+9 embedding-bag outputs. Port 8 yields each bank to port 0 (the gathered rows' writes).
 
 ``CTRL.SOFT_RESET`` clears the command processor and resets the GEMM engine (the responses to
 its scratchpad reads still in flight are dropped). The scratchpad is not reset: it keeps its
@@ -124,13 +122,6 @@ SRAM_PORTS = 10
 #: The embedding-bag engine's ring reads (port 8) yield each bank to the DMA's writes (port 0):
 #: `Scratchpad`'s ``yields``; see hw/embag.py, "Why the ring alternates halves".
 SRAM_YIELDS = {8: 0}
-#: Ports whose requests enter the scratchpad through a slice of their own (`Scratchpad`'s
-#: ``buffered``): the readers that take their words whenever they come (DMA stores, the GEMM
-#: engine's four operand readers, the embedding engine's lists). The GEMM engine's are emptied
-#: by SOFT_RESET, with the engine (``flushable``). The writers and the embedding engine's ring
-#: reads (a fixed latency, and the yield) are not buffered.
-SRAM_BUFFERED = (1, 2, 3, 5, 6, 7)
-SRAM_FLUSHABLE = (2, 3, 5, 6)
 
 
 def _sram_addr_width(cfg):
@@ -156,8 +147,7 @@ BLOCKS = {
     "embag": lambda cfg: EmbeddingBagEngine(**embag_params(cfg, tag_width=TAG_WIDTH)),
     "sram": lambda cfg: Scratchpad(banks=cfg.sram_banks, depth=cfg.sram_depth,
                                    data_bytes=cfg.bus_bytes, ports=SRAM_PORTS,
-                                   yields=SRAM_YIELDS, buffered=SRAM_BUFFERED,
-                                   flushable=SRAM_FLUSHABLE),
+                                   yields=SRAM_YIELDS),
 }
 
 
@@ -428,11 +418,9 @@ class Ember(wiring.Component):
         assert len(sram_clients) == SRAM_PORTS and sram.addr_width == sram_aw
         # The scratchpad is not reset by SOFT_RESET: the DMA and the embedding-bag engine, which
         # are not reset either, count on the response of every read they were granted (a lost
-        # response left them waiting forever). Only the GEMM engine is reset: its reads still
-        # waiting in their slices are flushed with it, and the responses to those already
-        # granted (READ_LATENCY cycles) are dropped instead.
+        # response left them waiting forever). Only the GEMM engine is reset; the responses to
+        # its reads still in flight then (READ_LATENCY cycles) are dropped instead.
         m.submodules.sram = sram
-        m.d.comb += sram.flush.eq(regs.soft_reset)
         gemm_clients = (gemm.a_rd, gemm.b_rd, gemm.c_wr, gemm.p_rd, gemm.d_rd)
         drop = Signal(range(Scratchpad.READ_LATENCY + 1))
         with m.If(regs.soft_reset):

@@ -44,17 +44,11 @@ class TB:
         self.model = [0] * self.words
         spec = os.environ.get("EMBER_SRAM_YIELDS", "")
         self.yields = {int(a): int(b) for a, b in (x.split(":") for x in spec.split(",") if x)}
-        # Ports with a slice of their own in the scratchpad: their responses come in order, at
-        # least READ_LATENCY + 1 cycles after the request is taken, but not at a fixed time.
-        spec = os.environ.get("EMBER_SRAM_BUFFERED", "")
-        self.buffered = {int(x) for x in spec.split(",") if x}
         cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
 
     async def reset(self):
         for p in self.port:
             p["req__valid"].value = 0
-        if hasattr(self.dut, "flush"):
-            self.dut.flush.value = 0
         self.dut.rst.value = 1
         await ClockCycles(self.dut.clk, 3)
         self.dut.rst.value = 0
@@ -93,13 +87,9 @@ class TB:
                     assert expect[i], f"port {i}: unexpected response in cycle {cycle}"
                     due, want = expect[i].pop(0)
                     got = p["rsp__data"].value.to_unsigned()
-                    if i in self.buffered:
-                        assert cycle >= due + 1, f"port {i}: response in cycle {cycle}, " \
-                            f"before {due + 1}"
-                    else:
-                        assert due == cycle, f"port {i}: response in cycle {cycle}, due {due}"
+                    assert due == cycle, f"port {i}: response in cycle {cycle}, due {due}"
                     assert got == want, f"port {i}: read {got:#x}, want {want:#x} (seed {self.seed})"
-                elif i not in self.buffered:
+                else:
                     assert not expect[i] or expect[i][0][0] != cycle, \
                         f"port {i}: missing response in cycle {cycle}"
             # Grants of the cycle just ended, applied to the model in grant order.
@@ -230,74 +220,4 @@ async def yield_priority(dut):
     grants, max_wait = await tb.run_traffic(reqs)
     assert max_wait == 1 and grants[low][-1] - grants[low][0] == n - 1, \
         f"port {low} waited on a bank port {high} did not ask for"
-    await tb.check_whole_memory()
-
-
-@cocotb.test()
-async def buffered_traffic(dut):
-    """Buffered ports: random masked reads and writes, each port in an address range of its own
-    (so the order between ports does not matter), every read checked in request order, then the
-    whole image."""
-    tb = TB(dut)
-    await tb.reset()
-    assert tb.buffered, "this test needs a scratchpad built with buffered ports"
-    span = tb.words // PORTS
-
-    def requests(i, n):
-        out = []
-        for addr, we, wdata, wmask in tb.random_requests(n):
-            out.append((i * span + addr % span, we, wdata, wmask))
-        return out
-
-    fill = [[(a, 1, int.from_bytes(tb.rng.bytes(tb.W), "little"), (1 << tb.W) - 1)
-             for a in range(i * span, (i + 1) * span)] for i in range(PORTS)]
-    await tb.run_traffic(fill)
-    for idle in (0.0, 0.4):
-        await tb.run_traffic([requests(i, 400) for i in range(PORTS)], idle_prob=idle)
-    await tb.check_whole_memory()
-
-
-@cocotb.test()
-async def flush_drops_waiting(dut):
-    """``flush`` empties a flushable port's slice: requests that were waiting there are never
-    done, and the port works normally afterwards. The flushable port yields to another, which
-    holds the bank, so its requests are certainly still waiting when the flush comes."""
-    tb = TB(dut)
-    await tb.reset()
-    (low, high), = tb.yields.items()
-    assert low in tb.buffered, "the yielding port must be the flushable, buffered one"
-    depth = tb.cfg.sram_depth
-    clk = tb.dut.clk
-    ph, pl = tb.port[high], tb.port[low]
-    # The port yielded to writes 0 to word 5 of bank 0, over and over.
-    ph["req__payload"].value = tb.encode(5, 1, 0, (1 << tb.W) - 1)
-    ph["req__valid"].value = 1
-    await RisingEdge(clk)
-    # The flushable port writes two words of bank 0 behind it: both are taken into its slice.
-    taken = 0
-    for addr in (7, 9):
-        pl["req__payload"].value = tb.encode(addr, 1, 0xAB, (1 << tb.W) - 1)
-        pl["req__valid"].value = 1
-        while True:
-            await RisingEdge(clk)
-            if pl["req__ready"].value:
-                taken += 1
-                break
-    pl["req__valid"].value = 0
-    assert taken == 2
-    await ClockCycles(clk, 5)
-    tb.dut.flush.value = 1
-    await RisingEdge(clk)
-    tb.dut.flush.value = 0
-    ph["req__valid"].value = 0
-    await ClockCycles(clk, 10)
-    for addr in (5, 7, 9):
-        tb.model[addr] = 0
-    # Bank 0 was never written before: words 7 and 9 still read 0 (the model's value); then
-    # a write through the flushed port goes through.
-    tb.model[11] = 0
-    await tb.run_traffic([[] if i != low else [(11, 1, 0x5A5A, (1 << tb.W) - 1),
-                                              (7, 0, 0, 0), (9, 0, 0, 0), (11, 0, 0, 0)]
-                          for i in range(PORTS)])
-    assert tb.model[11] == 0x5A5A
     await tb.check_whole_memory()

@@ -12,13 +12,9 @@ PORTS = 4  # matches sim/tb_sram.py
 YIELDS = {3: 1}    # for the `yield_priority` build: port 3 yields to port 1
 
 
-#: For the buffered build: ports 1 to 3 through slices, 3 flushable and yielding to 0.
-BUFFERED = dict(buffered=(1, 2, 3), flushable=(3,), yields={3: 0})
-
-
-def _factory(cfg, yields=None, **kwargs):
+def _factory(cfg, yields=None):
     return lambda: Scratchpad(banks=cfg.sram_banks, depth=cfg.sram_depth,
-                              data_bytes=cfg.bus_bytes, ports=PORTS, yields=yields, **kwargs)
+                              data_bytes=cfg.bus_bytes, ports=PORTS, yields=yields)
 
 
 @pytest.mark.rtl
@@ -42,20 +38,6 @@ def test_sram_yields(testcase):
                extra_env={"EMBER_SRAM_YIELDS": ",".join(f"{a}:{b}" for a, b in YIELDS.items())})
 
 
-@pytest.mark.rtl
-@pytest.mark.parametrize("testcase", ["buffered_traffic", "flush_drops_waiting"])
-@pytest.mark.parametrize("preset", ["tiny", "default"])
-def test_sram_buffered(preset, testcase):
-    """Buffered ports (a slice each inside the scratchpad): data exact in request order, and
-    ``flush`` drops what waits in a flushable port's slice."""
-    cfg = get_preset(preset)
-    name = f"{cfg.top_name}_sram_buffered"
-    build_dir = build_rtl(name, _factory(cfg, **BUFFERED))
-    env = {"EMBER_SRAM_YIELDS": ",".join(f"{a}:{b}" for a, b in BUFFERED["yields"].items()),
-           "EMBER_SRAM_BUFFERED": ",".join(str(i) for i in BUFFERED["buffered"])}
-    run_cocotb(build_dir, name, "sim.tb_sram", config=cfg, testcase=testcase, extra_env=env)
-
-
 def test_sram_lint(tmp_path):
     cfg = get_preset("tiny")
     path = tmp_path / "sram.v"
@@ -75,12 +57,6 @@ def test_sram_lint(tmp_path):
      "yields must map a port to another"),
     ({"banks": 4, "depth": 16, "data_bytes": 8, "ports": 3, "yields": {1: 0, 0: 2}}, ValueError,
      "yields must map a port to another"),
-    ({"banks": 4, "depth": 16, "data_bytes": 8, "ports": 3, "buffered": 1}, TypeError,
-     "buffered must be an iterable of port numbers, not 1"),
-    ({"banks": 4, "depth": 16, "data_bytes": 8, "ports": 3, "buffered": (3,)}, ValueError,
-     r"buffered names port 3, which is not in \[0, 3\)"),
-    ({"banks": 4, "depth": 16, "data_bytes": 8, "ports": 3, "buffered": (1,), "flushable": (2,)},
-     ValueError, "flushable ports must be buffered"),
 ])
 def test_sram_parameters(kwargs, exc, match):
     with pytest.raises(exc, match=match):
