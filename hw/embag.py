@@ -858,11 +858,10 @@ class _Core(wiring.Component):
         have_entry = head_valid & ~pool_halted
 
         # The next token is decided one cycle ahead into a request register (`sreq_*`): the
-        # scratchpad sees a registered valid and address. The
-        # request register is the output of a register slice, so the grant only advances the
-        # slice, and the decision waits only on the slice's registered `i.ready` (`adv`), never
-        # on the grant. A token that reads nothing (empty bag, end, abort) leaves the register
-        # in the next cycle.
+        # scratchpad sees a registered valid and address. The request register is the output
+        # of a register slice, so the grant only advances the slice, and the decision waits only
+        # on the slice's registered `i.ready` (`adv`), never on the grant. A token that reads
+        # nothing (empty bag, end, abort) leaves the register in the next cycle.
         sreq_q = m.submodules.slot_req = SkidBuffer(layout=data.StructLayout({
             "tok": tok_layout, "rd": 1, "addr": AW}))
         sreq_valid = sreq_q.o.valid
