@@ -127,15 +127,17 @@ Drain and writer
 
 Why the ring alternates halves
     Every gathered word is written into the ring by the DMA and read back by the pooler, and a
-    scratchpad bank does one access per cycle. If the two met in one bank, round-robin would give
-    each half the cycles and cap the gather rate at 50% of the bus. So slots alternate between two
-    banks, and the pooler's reads (``slot_rd``) yield each bank to the DMA's writes in the
-    scratchpad (``Scratchpad(yields=...)``; the top sets it): the pooler is never granted the
-    bank the DMA is writing in that cycle, so the DMA (and so the AXI R channel) never waits for
-    the pooler, and the pooler settles into reading one bank while the DMA fills the other. This
-    only affects timing: without it the engine is still correct, it just competes with the DMA
-    (measured on ``tiny``, dim 64, no latency: 0.79 of the bus instead of 0.98). The default
-    ring (:func:`embag_params`) is the scratchpad's last two banks.
+    scratchpad bank of single-ported memory does one access per cycle. If the two met in one
+    bank, round-robin would give each half the cycles and cap the gather rate at 50% of the bus.
+    So slots alternate between two banks. The top builds the banks as dual-ported pairs with
+    the DMA on one side and the engines on the other (``Scratchpad(b_side=...)``, "Dual-ported
+    pairs"), and the ring (by default the last two banks, :func:`embag_params`, one pair) is
+    then written and read on different sides: the DMA (and so the AXI R channel) never waits
+    for the pooler. With single-ported banks the pooler's reads (``slot_rd``) should yield each
+    bank to the DMA's writes (``Scratchpad(yields=...)``): the pooler then settles into reading
+    one bank while the DMA fills the other. This only affects timing: without either the engine
+    is still correct, it just competes with the DMA (measured on ``tiny``, dim 64, no latency:
+    0.79 of the bus instead of 0.98).
 
 Throughput: one descriptor per cycle, one slot word pooled per cycle, one output word per cycle
 (sum/weighted); mean costs about ``ceil(33 / div_steps) + 2`` cycles per output word. The bus is

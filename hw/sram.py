@@ -39,6 +39,31 @@ slot reads yield to the DMA's writes, so that gathered rows stream into the ring
 (``hw/embag.py``, "Why the ring alternates halves"). The rule sits beside the arbiter, where both
 requests are registers, not in front of the client's request.
 
+Dual-ported pairs
+-----------------
+With ``b_side`` (a set of ports), the banks are built in pairs: banks ``2k`` and ``2k+1`` are
+the two halves of one true dual-port memory (on an ECP5, DP16KD block RAM in its 1024×18 mode,
+as single-ported banks of more than 512 words already are), and each of its two sides has an
+arbiter of its own. The ports in ``b_side`` are served by side B of every pair, the others by
+side A. So a side-B port and a side-A port never compete, even for the same word, while two
+ports of one side compete for a pair as if it were one bank. The address map does not change.
+The top puts the DMA's two ports on side B: the DMA's loads and stores never wait for an
+engine, and the engines compete only with each other, in pairs of banks that software already
+gives to one operand (``sim/host.py``: A in banks 0/1, B 2/3, C 4/5, parameters 6/7;
+``sim/embag_plan.py``: lists 0/1, outputs 2/3 and 4/5, the ring 6/7).
+
+Why: the crossbar is what keeps the ``small`` preset from routing on the ECP5 (synth/README.md,
+"tenth round"). Every port reaches every arbitration unit, both ways, with whole words; pairs
+halve the units each port reaches, so the crossbar has the size of four banks, while the DMA
+keeps a path of its own beside the engines, as eight banks gave it.
+
+A read on one side of the word that the other side writes in the same cycle returns undefined
+data in the block RAM (a DP16KD address collision; simulation returns the old word), and two
+writes of one word in the same cycle leave it undefined. Ember's plans never do either: a
+buffer is read only after the DMA command that loads it has completed, and stored only after
+the command that writes it has (the command processor's semaphores). ``python -m synth``
+declares these collisions undefined to Yosys, so that it can map each pair onto DP16KD.
+
 Read latency
 ------------
 Exactly :data:`Scratchpad.READ_LATENCY` = 3 cycles: a read granted in cycle t has its data on the
@@ -110,6 +135,9 @@ class Scratchpad(wiring.Component):
         Number of client ports.
     yields : dict of int to int
         ``{low: high}``: port ``low`` yields each bank to port ``high`` (see above). Default none.
+    b_side : tuple of int
+        The ports served by the memories' second side (see "Dual-ported pairs" above). Default
+        none: single-ported banks.
 
     Members
     -------
@@ -119,7 +147,7 @@ class Scratchpad(wiring.Component):
 
     READ_LATENCY = 3
 
-    def __init__(self, *, banks, depth, data_bytes, ports, yields=None):
+    def __init__(self, *, banks, depth, data_bytes, ports, yields=None, b_side=()):
         for name, value in (("banks", banks), ("depth", depth), ("data_bytes", data_bytes),
                             ("ports", ports)):
             if isinstance(value, bool) or not isinstance(value, int):
@@ -139,7 +167,30 @@ class Scratchpad(wiring.Component):
             if low == high or high in yields:
                 raise ValueError(f"yields must map a port to another that yields to none, "
                                  f"not {yields!r}")
+        if not isinstance(b_side, (tuple, list, set, frozenset)):
+            raise TypeError(f"b_side must be a tuple of port numbers, not {b_side!r}")
+        for value in b_side:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"b_side must be a tuple of port numbers, not {b_side!r}")
+            if not 0 <= value < ports:
+                raise ValueError(f"b_side names port {value!r}, which is not in [0, {ports!r})")
+        if len(set(b_side)) != len(b_side):
+            raise ValueError(f"b_side names a port twice: {b_side!r}")
+        if b_side and len(b_side) == ports:
+            raise ValueError(f"b_side must leave at least one port on side A, not {b_side!r}")
+        if b_side and banks < 2:
+            raise ValueError(f"a dual-ported scratchpad (b_side) needs at least 2 banks, "
+                             f"not {banks!r}")
+        for low, high in yields.items():
+            if (low in b_side) != (high in b_side):
+                raise ValueError(f"yields must map ports of the same side (b_side "
+                                 f"{b_side!r}), not {yields!r}")
         self.yields = dict(yields)
+        self.b_side = tuple(sorted(b_side))
+        #: The ports of each side (one side, all ports, when ``b_side`` is empty).
+        self.sides = [[i for i in range(ports) if i not in self.b_side]]
+        if self.b_side:
+            self.sides.append(list(self.b_side))
         self.bank_bits = _log2(banks, "banks")
         self.row_bits = _log2(depth, "depth")
         self.banks, self.depth, self.data_bytes, self.nports = banks, depth, data_bytes, ports
@@ -150,88 +201,97 @@ class Scratchpad(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        P, B = self.nports, self.banks
+        P = self.nports
         ports = self.ports
+        pair_bits = 1 if self.b_side else 0
+        unit_bits = self.bank_bits - pair_bits       # memory index bits of an address
+        row_bits = self.row_bits + pair_bits         # row bits of a memory
 
-        def bank_of(port):
-            if self.bank_bits == 0:
+        def memory_of(port):
+            if unit_bits == 0:
                 return 0
-            return port.req.payload.addr[self.row_bits:self.row_bits + self.bank_bits]
+            return port.req.payload.addr[row_bits:row_bits + unit_bits]
 
-        # Response path registers: for each bank, one bit per port, set for the port whose read
-        # the bank did last cycle (one-hot, so each port's hit is a flip-flop, not a compare).
-        pend_hit = [Signal(P, name=f"pend_hit_{b}") for b in range(B)]
         # Every port's request, registered each cycle without an enable or a reset: in the cycle
         # after a grant it holds the granted request (a stream's payload is stable until taken).
         preq = [Signal.like(port.req.payload, name=f"preq_{i}", reset_less=True)
                 for i, port in enumerate(ports)]
         for i, port in enumerate(ports):
             m.d.sync += preq[i].eq(port.req.payload)
-        rdata = []
-        grants = [[] for _ in range(P)]     # per port: its grant bit at each bank
+        grants = [[] for _ in range(P)]     # per port: its grant bit at each unit
+        hits = [[] for _ in range(P)]       # per port: (hit flip-flop, read data) of each unit
 
-        for b in range(B):
-            mem = Memory(shape=8 * self.data_bytes, depth=self.depth, init=[])
-            m.submodules[f"bank{b}"] = mem
-            rd = mem.read_port(transparent_for=())
-            wr = mem.write_port(granularity=8)
-            rdata.append(rd.data)
+        for k in range(self.banks >> pair_bits):
+            mem = Memory(shape=8 * self.data_bytes, depth=self.depth << pair_bits, init=[])
+            m.submodules[f"pair{k}" if self.b_side else f"bank{k}"] = mem
+            for s, side in enumerate(self.sides):
+                # One arbitration unit: the ports of one side, at one memory's port.
+                u = f"{k}{'ab'[s]}" if self.b_side else f"{k}"
+                n = len(side)
+                rd = mem.read_port(transparent_for=())
+                wr = mem.write_port(granularity=8)
 
-            # Round-robin arbiter: grant the first requester at or after the pointer. The pointer
-            # is kept as a mask of the ports at or after it (all ones for pointer 0), so the grant
-            # is two lowest-set-bit picks (`x & -x`, a carry chain) and a multiplexer, not a
-            # priority chain per pointer value.
-            asks = [Signal(name=f"ask_{b}_{i}") for i in range(P)]
-            for i, port in enumerate(ports):
-                m.d.comb += asks[i].eq(port.req.valid & (bank_of(port) == b))
-            want = Signal(P, name=f"want_{b}")
-            for i in range(P):
-                high = self.yields.get(i)
-                m.d.comb += want[i].eq(asks[i] if high is None else asks[i] & ~asks[high])
-            mask = Signal(P, name=f"rr_{b}", init=(1 << P) - 1)
-            masked = Signal(P, name=f"masked_{b}")
-            grant = Signal(P, name=f"grant_{b}")
-            m.d.comb += [
-                masked.eq(want & mask),
-                grant.eq(Mux(masked.any(), masked & -masked, want & -want)[:P]),
-            ]
-            with m.If(want.any()):
-                # The ports after the granted one; none after the last means pointer 0. The bits
-                # above the lowest set bit of x are ~(x ^ (x - 1)), taken of `masked` and `want`
-                # in parallel with the picks, not of the grant after them (one carry chain from
-                # the requests to the pointer instead of two in a row).
-                after = Signal(P, name=f"after_{b}")
-                m.d.comb += after.eq(Mux(masked.any(), ~(masked ^ (masked - 1)),
-                                         ~(want ^ (want - 1)))[:P])
-                m.d.sync += mask.eq(Mux(after.any(), after, (1 << P) - 1))
+                # Round-robin arbiter: grant the first requester at or after the pointer. The
+                # pointer is kept as a mask of the ports at or after it (all ones for pointer 0),
+                # so the grant is two lowest-set-bit picks (`x & -x`, a carry chain) and a
+                # multiplexer, not a priority chain per pointer value.
+                asks = [Signal(name=f"ask_{u}_{i}") for i in side]
+                for j, i in enumerate(side):
+                    m.d.comb += asks[j].eq(ports[i].req.valid & (memory_of(ports[i]) == k))
+                want = Signal(n, name=f"want_{u}")
+                for j, i in enumerate(side):
+                    high = self.yields.get(i)
+                    m.d.comb += want[j].eq(asks[j] if high is None
+                                           else asks[j] & ~asks[side.index(high)])
+                mask = Signal(n, name=f"rr_{u}", init=(1 << n) - 1)
+                masked = Signal(n, name=f"masked_{u}")
+                grant = Signal(n, name=f"grant_{u}")
+                m.d.comb += [
+                    masked.eq(want & mask),
+                    grant.eq(Mux(masked.any(), masked & -masked, want & -want)[:n]),
+                ]
+                with m.If(want.any()):
+                    # The ports after the granted one; none after the last means pointer 0. The
+                    # bits above the lowest set bit of x are ~(x ^ (x - 1)), taken of `masked`
+                    # and `want` in parallel with the picks, not of the grant after them (one
+                    # carry chain from the requests to the pointer instead of two in a row).
+                    after = Signal(n, name=f"after_{u}")
+                    m.d.comb += after.eq(Mux(masked.any(), ~(masked ^ (masked - 1)),
+                                             ~(want ^ (want - 1)))[:n])
+                    m.d.sync += mask.eq(Mux(after.any(), after, (1 << n) - 1))
 
-            # The grant is registered (`acc_grant`: which port, if any, the bank serves next
-            # cycle), and so is every port's request (`preq`, above); in the next cycle the
-            # registered grant selects the registered request for the block RAM. The grant thus
-            # drives only `ready` and these few flip-flops, and the wide payload multiplexer runs
-            # between registers. The one-hot multiplexer is an AND-OR tree (not an if-chain,
-            # which would become a priority chain of P multiplexers).
-            acc_grant = Signal(P, name=f"acc_grant_{b}")
-            acc_valid = Signal(name=f"acc_valid_{b}")
-            acc = Signal.like(ports[0].req.payload, name=f"acc_{b}")
-            m.d.sync += acc_grant.eq(grant)
-            m.d.comb += [
-                acc.eq(_or_tree([Mux(acc_grant[i], preq[i].as_value(), 0) for i in range(P)])),
-                acc_valid.eq(acc_grant.any()),
-            ]
-            row = acc.addr[:self.row_bits] if self.row_bits else 0
-            m.d.comb += [
-                rd.addr.eq(row),
-                rd.en.eq(acc_valid & ~acc.we),
-                wr.addr.eq(row),
-                wr.data.eq(acc.wdata),
-            ]
-            with m.If(acc_valid & acc.we):
-                m.d.comb += wr.en.eq(acc.wmask)
-            m.d.sync += pend_hit[b].eq(Mux(acc.we, 0, acc_grant))
+                # The grant is registered (`acc_grant`: which port, if any, the unit serves next
+                # cycle), and so is every port's request (`preq`, above); in the next cycle the
+                # registered grant selects the registered request for the block RAM. The grant
+                # thus drives only `ready` and these few flip-flops, and the wide payload
+                # multiplexer runs between registers. The one-hot multiplexer is an AND-OR tree
+                # (not an if-chain, which would become a priority chain of multiplexers).
+                acc_grant = Signal(n, name=f"acc_grant_{u}")
+                acc_valid = Signal(name=f"acc_valid_{u}")
+                acc = Signal.like(ports[0].req.payload, name=f"acc_{u}")
+                m.d.sync += acc_grant.eq(grant)
+                m.d.comb += [
+                    acc.eq(_or_tree([Mux(acc_grant[j], preq[i].as_value(), 0)
+                                     for j, i in enumerate(side)])),
+                    acc_valid.eq(acc_grant.any()),
+                ]
+                row = acc.addr[:row_bits] if row_bits else 0
+                m.d.comb += [
+                    rd.addr.eq(row),
+                    rd.en.eq(acc_valid & ~acc.we),
+                    wr.addr.eq(row),
+                    wr.data.eq(acc.wdata),
+                ]
+                with m.If(acc_valid & acc.we):
+                    m.d.comb += wr.en.eq(acc.wmask)
+                # Response path register: one bit per port of the side, set for the port whose
+                # read the unit did last cycle (one-hot, so each port's hit is a flip-flop).
+                pend_hit = Signal(n, name=f"pend_hit_{u}")
+                m.d.sync += pend_hit.eq(Mux(acc.we, 0, acc_grant))
 
-            for i, port in enumerate(ports):
-                grants[i].append(grant[i])
+                for j, i in enumerate(side):
+                    grants[i].append(grant[j])
+                    hits[i].append((pend_hit[j], rd.data))
 
         for i, port in enumerate(ports):
             m.d.comb += port.req.ready.eq(_or_tree(grants[i]))
@@ -242,9 +302,8 @@ class Scratchpad(wiring.Component):
             valid_next = Signal(name=f"rsp_valid_next_{i}")
             data_next = Signal(8 * self.data_bytes, name=f"rsp_data_next_{i}")
             data_q = Signal(8 * self.data_bytes, name=f"rsp_data_{i}", reset_less=True)
-            hit = [pend_hit[b][i] for b in range(B)]
-            m.d.comb += [valid_next.eq(_or_tree(hit)),
-                         data_next.eq(_or_tree([Mux(hit[b], rdata[b], 0) for b in range(B)]))]
+            m.d.comb += [valid_next.eq(_or_tree([hit for hit, _ in hits[i]])),
+                         data_next.eq(_or_tree([Mux(hit, rdata, 0) for hit, rdata in hits[i]]))]
             m.d.sync += [port.rsp.valid.eq(valid_next), data_q.eq(data_next)]
             m.d.comb += port.rsp.data.eq(data_q)
 

@@ -56,7 +56,8 @@ position are the registers ``EMBAG_ERR_BAG`` and ``EMBAG_ERR_POS``.
 
 Scratchpad ports: 0 DMA write (loads), 1 DMA read (stores), 2 GEMM A, 3 GEMM B, 4 GEMM results,
 5 GEMM parameters, 6 GEMM partial sums, 7 embedding-bag lists, 8 embedding-bag ring reads,
-9 embedding-bag outputs. Port 8 yields each bank to port 0 (the gathered rows' writes).
+9 embedding-bag outputs. Banks are dual-ported in pairs (0/1, 2/3, ...): the DMA's two ports use
+one side of every pair and the engines' ports the other, so the DMA never waits for an engine.
 
 ``CTRL.SOFT_RESET`` clears the command processor and resets the GEMM engine (the responses to
 its scratchpad reads still in flight are dropped). The scratchpad is not reset: it keeps its
@@ -119,9 +120,9 @@ __all__ = ["Ember", "build_top", "BLOCKS"]
 TAG_WIDTH = 16
 #: Scratchpad ports: the clients `Ember` connects (DMA 2, GEMM engine 5, embedding engine 3).
 SRAM_PORTS = 10
-#: The embedding-bag engine's ring reads (port 8) yield each bank to the DMA's writes (port 0):
-#: `Scratchpad`'s ``yields``; see hw/embag.py, "Why the ring alternates halves".
-SRAM_YIELDS = {8: 0}
+#: The DMA's ports (0 and 1) are served by side B of the scratchpad's dual-ported pairs of banks,
+#: the engines by side A (`Scratchpad`'s ``b_side``; hw/sram.py, "Dual-ported pairs").
+SRAM_B_SIDE = (0, 1)
 
 
 def _sram_addr_width(cfg):
@@ -147,7 +148,7 @@ BLOCKS = {
     "embag": lambda cfg: EmbeddingBagEngine(**embag_params(cfg, tag_width=TAG_WIDTH)),
     "sram": lambda cfg: Scratchpad(banks=cfg.sram_banks, depth=cfg.sram_depth,
                                    data_bytes=cfg.bus_bytes, ports=SRAM_PORTS,
-                                   yields=SRAM_YIELDS),
+                                   b_side=SRAM_B_SIDE),
 }
 
 

@@ -912,9 +912,9 @@ async def performance(dut):
                    "figures": figures}, f, indent=1)
     for fig in figures:
         # Latency 0: rows stream back to back; the job's fixed costs (the first row's round
-        # trip, the last bag's output) are a few percent of these jobs: >= 0.9. (Without the
-        # ring reads yielding to the DMA's writes, Scratchpad's `yields`, this drops to about
-        # 0.79 on tiny: ring reads and DMA writes then share a bank half the time.)
+        # trip, the last bag's output) are a few percent of these jobs: >= 0.9. (With ring reads
+        # and DMA writes competing for single-ported banks, neither Scratchpad's `b_side` nor
+        # its `yields`, this drops to about 0.79 on tiny: they share a bank half the time.)
         # Latency 100: at least 90% of the Little's-law bound.
         want = 0.9 if fig["latency"] == 0 else 0.9 * fig["littles_law_bound"]
         assert fig["fraction_of_bus"] >= want, (fig, want)

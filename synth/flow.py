@@ -208,6 +208,15 @@ DEFAULT_LUT_MAPPER = "abc4"
 _ABC_LUTS = {"abc": "4:7", "abc4": "4"}
 
 
+#: The scratchpad's dual-ported pairs of banks (``hw/sram.py``, "Dual-ported pairs": memories
+#: named ``pair<k>`` with two read and two write ports) may return anything when one side reads
+#: or writes the word the other side writes in the same cycle, as a DP16KD does; Ember never does
+#: that. Amaranth's Verilog gives such a read the old word, which no ECP5 block RAM guarantees
+#: across its two ports, so without this Yosys builds the memory from flip-flops.
+TDP_COLLISIONS = ("setparam -set RD_COLLISION_X_MASK 4'b1111 "
+                  "t:$mem_v2 r:RD_PORTS=2 %i r:WR_PORTS=2 %i r:MEMID=*pair* %i")
+
+
 def yosys_script(sources, harness, top, *, json_out, stat_out, pe_macs, pe_module,
                  lut_mapper=DEFAULT_LUT_MAPPER):
     """The yosys script. ``pe_macs == "lut"`` Booth-maps the PE array's multipliers before
@@ -222,14 +231,15 @@ def yosys_script(sources, harness, top, *, json_out, stat_out, pe_macs, pe_modul
     lines.append(f"synth_ecp5 -top {h} -run :coarse")
     if pe_macs == "lut":
         lines += ["proc", f"booth {pe_module}/t:$mul"]
+    lines += [f"synth_ecp5 -top {h} -run coarse:map_ram", TDP_COLLISIONS]
     if lut_mapper in _ABC_LUTS:
-        lines += [f"synth_ecp5 -top {h} -run coarse:map_luts",
+        lines += [f"synth_ecp5 -top {h} -run map_ram:map_luts",
                   "techmap -map +/lattice/latches_map.v",
                   f"abc -dress -lut {_ABC_LUTS[lut_mapper]}",
                   "clean",
                   f"synth_ecp5 -top {h} -run map_cells: -json {Path(json_out).as_posix()}"]
     else:
-        lines.append(f"synth_ecp5 -top {h} -run coarse: -json {Path(json_out).as_posix()}")
+        lines.append(f"synth_ecp5 -top {h} -run map_ram: -json {Path(json_out).as_posix()}")
     lines.append(f"tee -q -o {Path(stat_out).as_posix()} stat -json")
     return "\n".join(lines) + "\n"
 
@@ -728,7 +738,7 @@ def summarise(cfg, *, pe_macs, harness, stat_cells, memories, pnr, versions, wal
         "dsp_mult18x18d": (util.get("MULT18X18D") or {}).get("available") or CAPACITY["dsp"],
         "bram_dp16kd": (util.get("DP16KD") or {}).get("available") or CAPACITY["bram"],
     }
-    banks = {n: p for n, p in memories.items() if re.search(r"\.sram\.bank\d+$", n)}
+    banks = {n: p for n, p in memories.items() if re.search(r"\.sram\.(bank|pair)\d+$", n)}
     gops = 2 * cfg.macs_per_cycle * fmax / 1000 if fmax else None
     return {
         "preset": cfg.name, "part": part, "config": json.loads(cfg.to_json()),
@@ -784,7 +794,7 @@ def summary_text(result, json_path):
         f"  harness overhead        {result['harness']['ff']} FF, <= "
         f"{result['harness']['lut4_max']} LUT4",
         f"  SRAM banks in block RAM: {'yes' if result['sram_banks']['in_bram'] else 'NO'} "
-        f"({result['sram_banks']['count']} banks)",
+        f"({result['sram_banks']['count']} memories)",
     ]
     fmax = result["fmax_mhz"]
     clk = clock_name(result["clock"]) if result["clock"] else None

