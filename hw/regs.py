@@ -1,15 +1,19 @@
 """The register block: the map of ``hw/regmap.py`` on two Wishbone subordinate ports.
 
 ``host`` comes from the AXI4-Lite bridge (``hw/axil.py``); ``fw`` is the control core's MMIO
-window. Both are answered two cycles after the request, with ``ack``, or ``err`` for an offset
-that is neither a register nor (host only) the IMEM window. Access rights per side come from the
-map. A write takes effect in the request cycle; a read returns the value of that cycle.
+window. Both are answered two cycles after the request is taken, with ``ack``, or ``err`` for an
+offset that is neither a register nor (host only) the IMEM window. A request is taken in the
+cycle it is presented, except a read when the other side starts a read in the same cycle: the
+two take turns, and one of them is taken a cycle later. Access rights per side come from the
+map. A write takes effect in the cycle it is taken; a read returns the value of that cycle.
 
 The read multiplexer is split in two registered levels: every group of eight words (offset bits
 4:2) is selected into a register of its own, and the groups (offset bits 8:5) in the next cycle.
 In one level, some 80 registers of 32 bits on two sides converged on 64 flip-flops and made the
 most congested spot of the whole chip, the one that kept ``router2`` from finishing
-(synth/README.md, "Routability").
+(synth/README.md, "Routability"). The first level is shared by the two sides (hence the turns):
+with one per side, it was again the most congested spot of ``small`` once the scratchpad's
+crossbar had been halved (synth/README.md, "eleventh round").
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal
@@ -183,20 +187,18 @@ class Registers(wiring.Component):
         m.d.sync += self.soft_reset.eq(soft_reset_req)
         pushes = []
 
+        # Each side: its request, offset, write decode and hit; the reads go through one first
+        # level shared by both sides (below), so a read is taken only when that level is free.
+        sides = {}
         for side in ("host", "fw"):
             bus = getattr(self, side)
             stage = Signal(data.ArrayLayout(32, 8), name=f"{side}_stage")
-            readable_side = dict(readable)
-            for i in range(8):
-                readable_side[f"CMD{i}"] = stage[i]
             busy = Signal(name=f"{side}_busy")          # a request in the read's second cycle
             request = bus.cyc & bus.stb & ~bus.ack & ~bus.err & ~busy
             offset = Signal(regmap.HOST_ADDR_WIDTH if side == "host" else len(bus.adr) + 2,
                             name=f"{side}_offset")
             m.d.comb += offset.eq(bus.adr << 2)
             write = request & bus.we
-            rdata = Signal(32, name=f"{side}_rdata")
-            dat_r = Signal(32, name=f"{side}_dat_r", reset_less=True)    # read with ack only
             hit = Signal(name=f"{side}_hit")
             push = Signal(name=f"{side}_push")
             pushes.append((push, stage))
@@ -234,32 +236,63 @@ class Registers(wiring.Component):
                             ]
                             if stall is not None:
                                 m.d.comb += stall.eq(~self.imem_write_rdy)
-            # Reads, first level: each group of eight words into a register.
-            groups = {}
-            for reg in regmap.REGS:
-                rights = getattr(reg, side)
-                if ("r" in rights or rights == "w1c") and reg.name in readable_side:
-                    assert reg.offset < 1 << 9 and reg.offset % 4 == 0, reg
-                    groups.setdefault(reg.offset >> 5, {})[(reg.offset >> 2) & 7] = \
-                        readable_side[reg.name]
-            group_q = {}
-            for g, words in sorted(groups.items()):
-                group_q[g] = Signal(32, name=f"{side}_group{g}", reset_less=True)
-                with m.Switch(offset[2:5]):
-                    for w, value in sorted(words.items()):
-                        with m.Case(w):
-                            m.d.sync += group_q[g].eq(value)
-                    with m.Default():
-                        m.d.sync += group_q[g].eq(0)
+            # The registers this side may not read, but the other may: they read 0 here.
+            hidden = [reg.offset for reg in regmap.REGS
+                      if reg.name in readable and not self._readable(reg, side)
+                      and self._readable(reg, "fw" if side == "host" else "host")]
+            sides[side] = dict(bus=bus, stage=stage, busy=busy, request=request, offset=offset,
+                               hit=hit, stall=stall, hidden=hidden,
+                               read=request & ~bus.we)
+
+        # Reads, first level, shared: each group of eight words into a register, for the side
+        # whose read is taken this cycle. With one such level per side, the ~80 registers of
+        # 32 bits that both sides read converged on two sets of multiplexers, and on the `small`
+        # preset that spot was the most congested of the chip once the scratchpad's crossbar was
+        # halved (synth/README.md, "tenth round"). When both sides start a read in the same
+        # cycle they take turns; the other side's request stays and is taken a cycle later.
+        host, fw = sides["host"], sides["fw"]
+        read_turn = Signal()                # 1: the firmware's read goes first on a clash
+        pick_fw = Signal()                  # the first level serves the firmware this cycle
+        m.d.comb += pick_fw.eq(fw["read"] & (~host["read"] | read_turn))
+        with m.If(host["read"] & fw["read"]):
+            m.d.sync += read_turn.eq(~read_turn)
+        host["taken"] = host["request"] & ~(host["read"] & pick_fw)
+        fw["taken"] = fw["request"] & ~(fw["read"] & ~pick_fw)
+        if host["stall"] is not None:
+            host["taken"] = host["taken"] & ~host["stall"]
+        sel = Signal(9, name="rd_offset")   # the offset the first level selects
+        m.d.comb += sel.eq(Mux(pick_fw, fw["offset"][:9], host["offset"][:9]))
+        values = dict(readable)
+        for i in range(8):
+            values[f"CMD{i}"] = Mux(pick_fw, fw["stage"][i], host["stage"][i])
+        groups = {}
+        for reg in regmap.REGS:
+            if reg.name in values and (self._readable(reg, "host") or self._readable(reg, "fw")):
+                assert reg.offset < 1 << 9 and reg.offset % 4 == 0, reg
+                groups.setdefault(reg.offset >> 5, {})[(reg.offset >> 2) & 7] = values[reg.name]
+        group_q = {}
+        for g, words in sorted(groups.items()):
+            group_q[g] = Signal(32, name=f"rd_group{g}", reset_less=True)
+            with m.Switch(sel[2:5]):
+                for w, value in sorted(words.items()):
+                    with m.Case(w):
+                        m.d.sync += group_q[g].eq(value)
+                with m.Default():
+                    m.d.sync += group_q[g].eq(0)
+
+        for side, v in sides.items():
+            bus, offset, busy = v["bus"], v["offset"], v["busy"]
+            rdata = Signal(32, name=f"{side}_rdata")
+            dat_r = Signal(32, name=f"{side}_dat_r", reset_less=True)    # read with ack only
             group = Signal(4, name=f"{side}_group")
             in_regs = Signal(name=f"{side}_in_regs")    # not the IMEM window (reads 0)
+            hidden = Signal(name=f"{side}_hidden")      # readable by the other side only
             hit_q = Signal(name=f"{side}_hit_q")
-            # A stalled IMEM write is not taken: it is offered again in the next cycle.
-            taken = request if stall is None else request & ~stall
-            m.d.sync += [busy.eq(taken), hit_q.eq(hit), group.eq(offset[5:9]),
-                         in_regs.eq(offset[9:] == 0)]
+            m.d.sync += [busy.eq(v["taken"]), hit_q.eq(v["hit"]), group.eq(offset[5:9]),
+                         in_regs.eq(offset[9:] == 0),
+                         hidden.eq(Cat(offset == o for o in v["hidden"]).any())]
             # Second level: the group, with the answer.
-            with m.If(in_regs):
+            with m.If(in_regs & ~hidden):
                 with m.Switch(group):
                     for g, q in group_q.items():
                         with m.Case(g):
@@ -267,8 +300,11 @@ class Registers(wiring.Component):
             m.d.sync += [
                 bus.ack.eq(busy & hit_q),
                 bus.err.eq(busy & ~hit_q),
-                dat_r.eq(rdata),
             ]
+            # Loaded only with the answer, and held until the next one: the shared first level
+            # moves on to the other side's reads while this side still holds its address.
+            with m.If(busy):
+                m.d.sync += dat_r.eq(rdata)
             m.d.comb += bus.dat_r.eq(dat_r)
 
         # Pushes: each side's push is held until the command processor takes it (the two sides
@@ -341,6 +377,11 @@ class Registers(wiring.Component):
                 m.d.sync += irq_status[bit].eq(1)
         m.d.comb += self.irq.eq(((irq_status | events) & irq_enable).any())
         return m
+
+    @staticmethod
+    def _readable(reg, side):
+        rights = getattr(reg, side)
+        return "r" in rights or rights == "w1c"
 
     def _write(self, m, side, name, value, locals_):
         v = locals_
