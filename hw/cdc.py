@@ -19,9 +19,10 @@ Each access reaches the target exactly once. The bridge is meant to stay outside
 is discarded, and no new access is accepted before it has completed, so the toggles stay in
 step. A new access after such a drop is taken once the old one is done.
 
-Latency of one access (registers answering two cycles after the request, as ``hw/regs.py``): one
-initiator cycle to latch, two to three target cycles to synchronise the request, three target
-cycles on the target bus, two to three initiator cycles to synchronise the ack; the answer is
+Latency of one access (registers answering two cycles after the request, as ``hw/regs.py`` does
+unless the host starts a read in the same cycle): one initiator cycle to latch, two to three
+target cycles to synchronise the request, three target cycles on the target bus (four when
+the host's read goes first), two to three initiator cycles to synchronise the ack; the answer is
 given in the cycle after that. Both toggles and their synchronisers are reset by their own
 domain's reset; the two domain resets must be asserted together (in Ember the ``cpu`` reset is
 derived from the ``sync`` reset by a :class:`~amaranth.lib.cdc.ResetSynchronizer`).

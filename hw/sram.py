@@ -34,10 +34,11 @@ Yielding ports
 --------------
 ``yields`` maps a port to one it gives way to: a port that yields does not compete for a bank
 that the other port asks for in the same cycle, and is served there only when that port does not
-ask (a fixed priority between those two; round-robin among the rest). The embedding-bag engine's
-slot reads yield to the DMA's writes, so that gathered rows stream into the ring at the bus rate
-(``hw/embag.py``, "Why the ring alternates halves"). The rule sits beside the arbiter, where both
-requests are registers, not in front of the client's request.
+ask (a fixed priority between those two; round-robin among the rest). With single-ported banks,
+the embedding-bag engine's slot reads should yield to the DMA's writes, so that gathered rows
+stream into the ring at the bus rate (``hw/embag.py``, "Why the ring alternates halves"; the
+top's dual-ported pairs, below, put the two on different sides instead). The rule sits beside
+the arbiter, where both requests are registers, not in front of the client's request.
 
 Dual-ported pairs
 -----------------
