@@ -90,9 +90,9 @@ class TB:
                 self.collisions += 1
             for port, (_, we, _, _) in accesses:
                 if not we:
-                    unknown = self.byte_mask((1 << self.W) - 1) if clash else self.unknown[addr]
+                    unknown = (1 << 8 * self.W) - 1 if clash else self.unknown[addr]
                     expect[port].append((cycle + READ_LATENCY, self.model[addr], unknown))
-            for _, wdata, wmask in ((r[0], r[2], r[3]) for r in writes):
+            for _, _, wdata, wmask in writes:
                 self.apply_write(addr, wdata, wmask)
             if len(writes) > 1:
                 self.unknown[addr] |= self.byte_mask(writes[0][3]) & self.byte_mask(writes[1][3])
